@@ -1,0 +1,74 @@
+"""The Redis key schema: the one place that names keys, streams and channels.
+
+Everything lives under one prefix so several deployments (or tests) can share a Redis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FEEDBACK_GROUP = "trainer"
+"""Consumer group of the feedback stream read by the retrain pipeline."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "rlhf"
+
+    # answers: one JSON string per returned choice, TTL = retention
+    def answer(self, response_id: str) -> str:
+        return f"{self.prefix}:answer:{response_id}"
+
+    # feedback: append-only stream (the training side's source of truth)
+    @property
+    def feedback_stream(self) -> str:
+        return f"{self.prefix}:feedback"
+
+    def vote(self, rater: str, target: str) -> str:
+        """Latest vote of one rater on one target (response id, or 'a|b' for a pair)."""
+        return f"{self.prefix}:vote:{rater}:{target}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    @property
+    def feedback_counts(self) -> str:
+        """Hash: up, down, comparison, total."""
+        return f"{self.prefix}:feedback:counts"
+
+    # model registry / deployment
+    @property
+    def current_version(self) -> str:
+        return f"{self.prefix}:models:current"
+
+    @property
+    def deploy_channel(self) -> str:
+        """Pub/sub: JSON {version, path} tells every replica to hot-swap."""
+        return f"{self.prefix}:deploy"
+
+    def replica(self, replica_id: str) -> str:
+        """Hash: version, status, error, updated (with a heartbeat TTL)."""
+        return f"{self.prefix}:replica:{replica_id}"
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}:replicas"
+
+    # pipeline
+    @property
+    def pipeline_lock(self) -> str:
+        return f"{self.prefix}:pipeline:lock"
+
+    @property
+    def pipeline_status(self) -> str:
+        return f"{self.prefix}:pipeline:status"
+
+    @property
+    def pipeline_history(self) -> str:
+        return f"{self.prefix}:pipeline:history"
+
+    @property
+    def last_snapshot_total(self) -> str:
+        return f"{self.prefix}:pipeline:last_total"
+
+
+KEYS = Keys()

