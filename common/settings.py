@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     """Lock expiry; the running pipeline renews it, so a dead worker frees it within this time."""
     max_training_seconds: int = 6 * 3600
     """Celery hard time limit of one pipeline; the broker visibility timeout is set above it."""
+    trigger_check_seconds: float = 15.0
+    """How often beat checks the two retrain triggers (time elapsed, new events)."""
+    max_rater_share: float = 0.25
+    """No single rater may contribute more than this fraction of a training set."""
+    heldout_fraction: float = 0.2
+    """Share of prompts (by prompt hash) held out of PPO, used by the promotion gate."""
+    rm_overrides: str = "{}"
+    """JSON object of RMConfig fields to override (e.g. '{"epochs": 2}')."""
+    ppo_overrides: str = "{}"
+    """JSON object of PPOConfig fields to override (e.g. '{"steps": 4}')."""
+
+    # --- promotion gate ----------------------------------------------------------------
+    gate_min_rm_gain: float = 0.0
+    """New policy's mean RM score on held-out prompts must beat the served one by more than this."""
+    gate_max_kl: float = 10.0
+    """Refuse a policy whose KL to the served policy (nats/answer) exceeds this."""
+    gate_eval_prompts: int = 16
+    gate_max_new_tokens: int = 48
+    probe_prompt: str = "What is the capital of France?"
 
     @property
     def api_key_list(self) -> list[str]:

@@ -1,0 +1,235 @@
+"""Thin wrapper over vLLM's V1 ``AsyncLLM``: start-up with CPU-safe defaults, generation,
+and verified hot-swap of weights.
+
+Why a wrapper: the routes need to know *which version* produced an answer, and the swap needs
+a lock plus a verification step that vLLM does not do (its reload can return stale weights,
+vLLM issue #32718; see NOTES.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from common.settings import Settings
+
+log = logging.getLogger("rlhf.engine")
+
+PROBE_PROMPT = "The capital of France is"
+PROBE_TOKENS = 8
+class SwapError(RuntimeError):
+    pass
+
+
+@dataclass
+class SwapReport:
+    version: str
+    path: str
+    ok: bool
+    seconds: float
+    probe: str = ""
+    checked_tensors: int = 0
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_engine_args(settings: Settings, model_path: str):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=model_path,
+        served_model_name=[settings.served_model_name],
+        dtype=settings.dtype,
+        enforce_eager=settings.enforce_eager,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        # Prefix caching is cleared on every swap anyway; keep it on for throughput.
+        enable_prefix_caching=True,
+        disable_log_stats=True,
+    )
+
+
+class Engine:
+    """Owns one AsyncLLM and the id of the model version it currently serves."""
+
+    def __init__(self, settings: Settings, llm, version: str, path: str):
+        self.settings = settings
+        self.llm = llm
+        self.version = version
+        self.path = path
+        self.tokenizer = llm.get_tokenizer()
+        self.max_model_len = settings.max_model_len
+        self._swap_lock = asyncio.Lock()
+        self.swapping = False
+        self.last_probe = ""
+        self.last_swap: SwapReport | None = None
+        # digests of every live tensor per version, learned when it was served: a swap back to
+        # an old version must give back the exact old bytes (and the same greedy probe).
+        self._known_digests: dict[str, dict[str, str]] = {}
+        self._known_probes: dict[str, str] = {}
+        self._comparable: list[str] = []
+
+    @classmethod
+    async def start(cls, settings: Settings, version: str, path: str) -> "Engine":
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        llm = AsyncLLM.from_engine_args(build_engine_args(settings, path))
+        engine = cls(settings, llm, version, path)
+        engine.max_model_len = llm.model_config.max_model_len
+        engine.last_probe = await engine.probe()
+        engine._known_probes[version] = engine.last_probe
+        try:
+            live = await engine._live_digests()
+            on_disk = await asyncio.to_thread(engine._file_digests, path, list(live))
+            # Only tensors vLLM keeps byte-identical to the checkpoint can be compared with a
+            # file (CPU GEMMs repack linear weights, fused layers get new names).
+            engine._comparable = sorted(n for n, d in on_disk.items() if live.get(n) == d)
+            engine._known_digests[version] = live
+        except Exception as exc:  # verification is best effort, serving is not
+            log.warning("weight checksums unavailable: %s", exc)
+        return engine
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+    # ---- generation ------------------------------------------------------------------
+    def count_tokens(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    async def generate(self, prompt_ids: list[int], params, request_id: str | None = None
+                       ) -> AsyncIterator[Any]:
+        """Yield vLLM ``RequestOutput`` objects. During a swap the engine is paused, so the
+        request waits in vLLM's queue instead of failing."""
+        request_id = request_id or uuid.uuid4().hex
+        async for out in self.llm.generate({"prompt_token_ids": prompt_ids}, params, request_id):
+            yield out
+
+    async def probe(self) -> str:
+        """Greedy answer to a fixed prompt: a cheap fingerprint of the live weights."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=PROBE_TOKENS, seed=0)
+        ids = self.count_tokens(PROBE_PROMPT)
+        text = ""
+        async for out in self.generate(ids, params, f"probe-{uuid.uuid4().hex}"):
+            text = out.outputs[0].text
+        return text
+
+    # ---- hot swap --------------------------------------------------------------------
+    async def _live_digests(self) -> dict[str, str]:
+        per_worker = await self.llm.compute_weight_checksums()
+        merged: dict[str, str] = {}
+        for worker in per_worker:
+            for name, digest in worker.items():
+                # names look like "dp0:pp0:pcp0:tp0:model.layers.0...": keep the param name
+                merged[name.rsplit(":", 1)[-1]] = digest
+        return merged
+
+    def _file_digests(self, path: str, names: list[str]) -> dict[str, str]:
+        """sha256 of the same tensors read from the checkpoint, cast to the served dtype."""
+        import torch
+        from safetensors import safe_open
+
+        dtype = self.llm.model_config.dtype
+        wanted, found = set(names), {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    if key in wanted:
+                        t = st.get_tensor(key).to(dtype).contiguous()
+                        found[key] = hashlib.sha256(
+                            t.view(-1).view(torch.uint8).numpy()).hexdigest()
+        return found
+
+    async def _verify(self, version: str, path: str, probe: str) -> tuple[int, str]:
+        """Check the live weights are the new file's; raise SwapError if not.
+        Returns (tensors compared with the file, detail)."""
+        live = await self._live_digests()
+        expected = await asyncio.to_thread(self._file_digests, path, self._comparable)
+        bad = [n for n, d in expected.items() if live.get(n) != d]
+        if bad:
+            raise SwapError(f"live weights differ from {path} in {len(bad)} tensors "
+                            f"(e.g. {bad[0]}): stale reload")
+        known = self._known_digests.get(version)
+        if known is not None and known != live:
+            raise SwapError(f"weights of {version} differ from when it was served before")
+        known_probe = self._known_probes.get(version)
+        if known_probe is not None and known_probe != probe:
+            raise SwapError(f"probe output of {version} changed: {probe!r} != {known_probe!r}")
+        self._known_digests[version] = live
+        self._known_probes[version] = probe
+        detail = "file checksums + probe" if expected else "probe only"
+        return len(expected), detail
+
+    async def _reload(self, path: str) -> None:
+        await self.llm.pause_generation(mode="wait", clear_cache=True)
+        try:
+            await self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+            await self.llm.reset_prefix_cache()
+        finally:
+            await self.llm.resume_generation()
+
+    async def swap(self, version: str, path: str) -> SwapReport:
+        """Hot-swap to ``version`` at ``path``; on any failure go back to the old weights and
+        raise ``SwapError``. Serialized: concurrent calls run one after the other."""
+        async with self._swap_lock:
+            if version == self.version and str(path) == self.path:
+                return SwapReport(version, str(path), True, 0.0, probe=self.last_probe)
+            t0 = time.perf_counter()
+            old_version, old_path = self.version, self.path
+            self.swapping = True
+            try:
+                _check_same_architecture(old_path, str(path))
+                await self._reload(str(path))
+                probe = await self.probe()
+                checked, detail = await self._verify(version, str(path), probe)
+                self.version, self.path, self.last_probe = version, str(path), probe
+                report = SwapReport(version, str(path), True, time.perf_counter() - t0,
+                                    probe=probe, checked_tensors=checked,
+                                    extra={"verify": detail})
+                self.last_swap = report
+                log.info("swapped %s -> %s in %.3fs (%d tensors checked)", old_version,
+                         version, report.seconds, checked)
+                return report
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("swap to %s failed: %s; restoring %s", version, error, old_version)
+                try:
+                    await self._reload(old_path)
+                    self.last_probe = await self.probe()
+                except Exception as exc2:  # engine state unknown: say so loudly
+                    error += f"; restoring {old_version} also failed: {exc2}"
+                self.last_swap = SwapReport(version, str(path), False,
+                                            time.perf_counter() - t0, error=error)
+                raise SwapError(error) from exc
+            finally:
+                self.swapping = False
+
+
+def _check_same_architecture(old: str, new: str) -> None:
+    """Reload keeps the config and tokenizer of the running model: refuse a folder whose
+    shapes differ instead of loading garbage into the wrong tensors."""
+    keys = ("architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "vocab_size", "head_dim")
+    new_cfg_path = Path(new) / "config.json"
+    if not new_cfg_path.exists():
+        raise SwapError(f"{new} has no config.json")
+    if not list(Path(new).glob("*.safetensors")):
+        raise SwapError(f"{new} has no safetensors weights (only safetensors can be reloaded)")
+    a = json.loads((Path(old) / "config.json").read_text())
+    b = json.loads(new_cfg_path.read_text())
+    diff = [k for k in keys if a.get(k) != b.get(k)]
+    if diff:
+        raise SwapError(f"{new} has a different architecture ({', '.join(diff)})")

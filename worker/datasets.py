@@ -1,0 +1,141 @@
+"""Step 2: snapshot records -> reward-model pairs, pointwise thumbs, PPO and gate prompts.
+
+Rules (each counted in `stats`, so a run says what it dropped and why):
+- one vote per (rater, target): the latest wins;
+- answers from versions the registry does not know are dropped (stale or forged ids);
+- no rater contributes more than `max_rater_share` of the votes (their most recent are kept);
+- comparisons: a/b -> a pair; tie -> no pair (nothing to learn for Bradley-Terry);
+  both_bad -> both answers become pointwise "down" examples;
+- thumbs: per answer the majority label; within one prompt every up-answer x down-answer
+  becomes an extra pair; thumbs not used in a pair stay pointwise;
+- prompts are split by hash into train and held-out (gate) sets, so the gate never scores
+  prompts PPO trained on.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from trainer.data import PreferencePair, PromptItem, RatedAnswer
+
+
+@dataclass
+class TrainingSets:
+    pairs: list[PreferencePair] = field(default_factory=list)
+    eval_pairs: list[PreferencePair] = field(default_factory=list)
+    rated: list[RatedAnswer] = field(default_factory=list)
+    train_prompts: list[PromptItem] = field(default_factory=list)
+    heldout_prompts: list[PromptItem] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
+
+
+def _messages(answer: dict) -> list[dict]:
+    if answer.get("messages"):
+        return answer["messages"]
+    # Completion-style answers have a raw prompt; treat it as one user turn.
+    return [{"role": "user", "content": answer.get("prompt") or ""}]
+
+
+def is_heldout(prompt_key: str, fraction: float) -> bool:
+    bucket = int(hashlib.sha256(prompt_key.encode()).hexdigest()[:8], 16) % 1000
+    return bucket < fraction * 1000
+
+
+def build_training_sets(records: list[dict], known_versions: set[str],
+                        max_rater_share: float = 0.25, heldout_fraction: float = 0.2,
+                        min_rater_cap: int = 10) -> TrainingSets:
+    out = TrainingSets()
+    st = out.stats
+    # 1. latest vote per (rater, target) wins; stream ids order events within Redis
+    latest: dict[tuple[str, str], dict] = {}
+    for rec in sorted(records, key=lambda r: (r["event"]["created"], r["stream_id"])):
+        ev = rec["event"]
+        key = (ev["rater"], ev["target"])
+        if key in latest:
+            st["superseded_votes"] += 1
+        latest[key] = rec
+    votes = list(latest.values())
+
+    # 2. drop votes whose answers are gone or come from unknown versions
+    kept = []
+    for rec in votes:
+        answers = rec["answers"]
+        if any(a is None for a in answers.values()):
+            st["dropped_missing_answer"] += 1
+        elif any(a["model_version"] not in known_versions for a in answers.values()):
+            st["dropped_unknown_version"] += 1
+        else:
+            kept.append(rec)
+
+    # 3. cap each rater's share, keeping their most recent votes
+    cap = max(min_rater_cap, int(max_rater_share * len(kept)))
+    per_rater: dict[str, list[dict]] = defaultdict(list)
+    for rec in kept:
+        per_rater[rec["event"]["rater"]].append(rec)
+    capped = []
+    for rater, recs in per_rater.items():
+        if len(recs) > cap:
+            st["dropped_rater_cap"] += len(recs) - cap
+        capped += recs[-cap:]
+    st["votes_used"] = len(capped)
+
+    # 4. turn votes into examples
+    pairs: list[tuple[str, PreferencePair]] = []
+    thumbs: dict[str, Counter] = defaultdict(Counter)   # response_id -> up/down counts
+    answer_by_id: dict[str, dict] = {}
+    for rec in capped:
+        ev = rec["event"]
+        answer_by_id.update(rec["answers"])
+        if ev["kind"] == "thumb":
+            thumbs[ev["response_id"]][ev["rating"]] += 1
+            continue
+        a, b = (rec["answers"][r] for r in ev["response_ids"])
+        if ev["choice"] in ("a", "b"):
+            chosen, rejected = (a, b) if ev["choice"] == "a" else (b, a)
+            pairs.append((a["prompt_key"], PreferencePair(_messages(a), chosen["text"], rejected["text"])))
+        elif ev["choice"] == "tie":
+            st["ties_skipped"] += 1
+        else:  # both_bad
+            thumbs[a["response_id"]]["down"] += 1
+            thumbs[b["response_id"]]["down"] += 1
+            st["both_bad"] += 1
+
+    by_prompt: dict[str, dict[str, list[dict]]] = defaultdict(lambda: {"up": [], "down": []})
+    for rid, counts in thumbs.items():
+        if counts["up"] == counts["down"]:
+            st["thumbs_split_dropped"] += 1
+            continue
+        label = "up" if counts["up"] > counts["down"] else "down"
+        ans = answer_by_id[rid]
+        by_prompt[ans["prompt_key"]][label].append(ans)
+    for pkey, groups in by_prompt.items():
+        ups, downs = groups["up"], groups["down"]
+        for u in ups:
+            for d in downs:
+                pairs.append((pkey, PreferencePair(_messages(u), u["text"], d["text"])))
+                st["pairs_from_thumbs"] += 1
+        if not (ups and downs):
+            for ans, label in [(x, "up") for x in ups] + [(x, "down") for x in downs]:
+                out.rated.append(RatedAnswer(_messages(ans), ans["text"], label))
+
+    # 5. dedupe identical pairs, split train / held-out by prompt
+    seen = set()
+    for pkey, pair in pairs:
+        sig = (pkey, pair.chosen, pair.rejected)
+        if sig in seen or pair.chosen == pair.rejected:
+            st["pairs_deduped"] += 1
+            continue
+        seen.add(sig)
+        (out.eval_pairs if is_heldout(pkey, heldout_fraction) else out.pairs).append(pair)
+
+    prompts = {}
+    for ans in answer_by_id.values():
+        if ans is not None:
+            prompts.setdefault(ans["prompt_key"], _messages(ans))
+    for pkey, msgs in sorted(prompts.items()):
+        target = out.heldout_prompts if is_heldout(pkey, heldout_fraction) else out.train_prompts
+        target.append(PromptItem(msgs))
+    st.update(pairs=len(out.pairs), eval_pairs=len(out.eval_pairs), rated=len(out.rated),
+              train_prompts=len(out.train_prompts), heldout_prompts=len(out.heldout_prompts))
+    return out

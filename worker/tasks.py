@@ -1,0 +1,65 @@
+"""Celery tasks: the retrain pipeline (training queue) and its trigger (control queue)."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from common import ops
+from common.keys import KEYS
+from common.settings import Settings
+from worker.celery_app import app
+from worker.lock import LockHeld, RenewingLock
+
+log = logging.getLogger(__name__)
+QUEUED_FLAG = f"{KEYS.prefix}:pipeline:queued"
+
+
+@app.task(name="worker.tasks.retrain", bind=True)
+def retrain(self, run_id: str | None = None, reason: str = "operator", force: bool = False) -> dict:
+    from worker.pipeline import run_pipeline
+
+    settings = Settings()
+    client = ops.client(settings)
+    run_id = run_id or self.request.id or uuid.uuid4().hex
+    client.delete(QUEUED_FLAG)
+    # The run id is the lock token: a redelivered copy of this same run may take it over.
+    lock = RenewingLock(client, KEYS.pipeline_lock, settings.pipeline_lock_ttl_s, token=run_id)
+    try:
+        lock.acquire()
+    except LockHeld:
+        log.warning("pipeline %s skipped: another pipeline holds the lock", run_id)
+        return {"run_id": run_id, "state": "skipped", "error": "another pipeline is running"}
+    try:
+        result = run_pipeline(settings, run_id, reason=reason, force=force)
+    except Exception as exc:
+        from worker.pipeline import StatusWriter  # noqa: F401  (status already says 'running')
+        client.hset(KEYS.pipeline_status, mapping={"state": "failed", "error": repr(exc)[:2000],
+                                                    "finished": time.time()})
+        raise
+    finally:
+        lock.release()
+    log.info("pipeline %s: %s", run_id, result.get("state"))
+    return result
+
+
+@app.task(name="worker.tasks.maybe_retrain", expires=60)
+def maybe_retrain() -> str:
+    """Queue a retrain if N minutes passed or M new events arrived since the last run."""
+    settings = Settings()
+    r = ops.client(settings)
+    if r.exists(KEYS.pipeline_lock):
+        return "running"
+    total = int(r.hget(KEYS.feedback_counts, "total") or 0)
+    new_events = total - int(r.get(KEYS.last_snapshot_total) or 0)
+    last_run = float(r.get(f"{KEYS.prefix}:pipeline:last_run") or 0)
+    due_time = new_events > 0 and time.time() - last_run >= settings.retrain_every_minutes * 60
+    due_count = new_events >= settings.retrain_min_events
+    if not (due_time or due_count):
+        return f"idle ({new_events} new events)"
+    # One queued pipeline at most: the flag lives until the task starts (or 10 min).
+    if not r.set(QUEUED_FLAG, "1", nx=True, ex=600):
+        return "already queued"
+    run_id = ops.request_retrain(settings, reason="new feedback" if due_count else "schedule",
+                                 force=False)
+    return f"queued {run_id}"
