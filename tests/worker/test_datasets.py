@@ -1,0 +1,78 @@
+from worker.datasets import build_training_sets
+
+MSG = lambda p: [{"role": "user", "content": p}]  # noqa: E731
+
+
+def answer(rid, prompt, text, version="v0"):
+    return {"response_id": rid, "prompt_key": "k_" + prompt, "messages": MSG(prompt),
+            "text": text, "model_version": version}
+
+
+def rec(i, kind, rater, answers, created=None, **ev):
+    ids = [a["response_id"] for a in answers]
+    target = ids[0] if kind == "thumb" else "|".join(ids)
+    event = {"event_id": f"e{i}", "kind": kind, "rater": rater, "target": target,
+             "created": created if created is not None else float(i), **ev}
+    if kind == "thumb":
+        event["response_id"] = ids[0]
+    else:
+        event["response_ids"] = ids
+    return {"stream_id": f"{i}-0", "event": event, "answers": {a["response_id"]: a for a in answers}}
+
+
+def test_comparisons_thumbs_ties_both_bad_and_latest_vote_wins():
+    a, b = answer("a", "p1", "good"), answer("b", "p1", "bad")
+    c, d = answer("c", "p2", "nice"), answer("d", "p2", "meh")
+    e = answer("e", "p3", "lonely up")
+    records = [
+        rec(0, "comparison", "u1", [a, b], choice="b"),      # superseded below
+        rec(1, "comparison", "u1", [a, b], choice="a"),
+        rec(2, "comparison", "u2", [a, b], choice="tie"),
+        rec(3, "comparison", "u3", [c, d], choice="both_bad"),
+        rec(4, "thumb", "u4", [c], rating="up"),
+        rec(5, "thumb", "u4", [d], rating="down"),
+        rec(6, "thumb", "u5", [e], rating="up"),
+    ]
+    sets = build_training_sets(records, {"v0"}, heldout_fraction=0.0)
+    texts = sorted((p.chosen, p.rejected) for p in sets.pairs)
+    assert ("good", "bad") in texts and ("bad", "good") not in texts
+    assert sets.stats["superseded_votes"] == 1
+    assert sets.stats["ties_skipped"] == 1
+    # both_bad gave c and d a down each; u4's thumbs make c split (1 up / 1 down) and d down
+    assert sets.stats["thumbs_split_dropped"] == 1
+    assert [(r.answer, r.label) for r in sets.rated] == [("meh", "down"), ("lonely up", "up")] or \
+        sorted((r.answer, r.label) for r in sets.rated) == [("lonely up", "up"), ("meh", "down")]
+    assert len(sets.train_prompts) == 3 and not sets.heldout_prompts
+
+
+def test_thumbs_on_same_prompt_become_pairs_and_unknown_versions_drop():
+    a, b = answer("a", "p1", "up-ans"), answer("b", "p1", "down-ans")
+    x = answer("x", "p1", "from a forged version", version="v99")
+    records = [rec(0, "thumb", "u1", [a], rating="up"), rec(1, "thumb", "u2", [b], rating="down"),
+               rec(2, "thumb", "u3", [x], rating="up")]
+    sets = build_training_sets(records, {"v0"}, heldout_fraction=0.0)
+    assert [(p.chosen, p.rejected) for p in sets.pairs] == [("up-ans", "down-ans")]
+    assert sets.stats["pairs_from_thumbs"] == 1
+    assert sets.stats["dropped_unknown_version"] == 1
+    assert sets.rated == []
+
+
+def test_rater_share_cap_keeps_most_recent_votes():
+    answers = [answer(f"r{i}", f"p{i}", f"t{i}") for i in range(40)]
+    records = [rec(i, "thumb", "spammer", [answers[i]], rating="up") for i in range(30)]
+    records += [rec(30 + i, "thumb", f"u{i}", [answers[30 + i]], rating="down") for i in range(10)]
+    sets = build_training_sets(records, {"v0"}, max_rater_share=0.25, heldout_fraction=0.0)
+    assert sets.stats["dropped_rater_cap"] == 20     # cap = max(10, 0.25 * 40) = 10
+    ups = [r for r in sets.rated if r.label == "up"]
+    assert sorted(r.answer for r in ups) == sorted(f"t{i}" for i in range(20, 30))
+
+
+def test_heldout_split_is_by_prompt_and_deterministic():
+    answers = [answer(f"a{i}", f"prompt {i}", "x") for i in range(200)]
+    records = [rec(i, "thumb", f"u{i}", [answers[i]], rating="up") for i in range(200)]
+    s1 = build_training_sets(records, {"v0"}, heldout_fraction=0.2)
+    s2 = build_training_sets(records, {"v0"}, heldout_fraction=0.2)
+    assert 20 <= len(s1.heldout_prompts) <= 60
+    assert [p.messages for p in s1.heldout_prompts] == [p.messages for p in s2.heldout_prompts]
+    train = {p.messages[0]["content"] for p in s1.train_prompts}
+    assert not train & {p.messages[0]["content"] for p in s1.heldout_prompts}

@@ -1,0 +1,119 @@
+"""Model plumbing shared by the RM, PPO and evaluation: loading, chat rendering, padding, freezing.
+
+Everything assumes a decoder-only HF model whose backbone is `get_decoder()` / `base_model` and
+whose LM head is `get_output_embeddings()` (Llama, Qwen, Mistral, SmolLM...).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def set_threads(num_threads: int | None) -> None:
+    if num_threads:
+        torch.set_num_threads(num_threads)
+
+
+def load_tokenizer(model_dir: str | Path):
+    """Tokenizer with a pad token (falls back to EOS: padding is always masked out anyway)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{model_dir}: tokenizer has no chat template")
+    return tokenizer
+
+
+def load_causal_lm(model_dir: str | Path):
+    """fp32 causal LM in eval mode (no dropout, so rollout and update log-probs agree)."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    return model.eval()
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """All ids that end an answer: generation_config's EOS list plus the tokenizer's EOS."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def prompt_token_ids(tokenizer, messages: list[dict], max_tokens: int | None = None) -> list[int]:
+    """Chat template with the assistant header, tokenised; left-truncated so the question's end survives."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_tokens:] if max_tokens else ids
+
+
+def conversation_text(tokenizer, messages: list[dict], answer: str) -> str:
+    """The full chat (prompt + assistant answer) as the RM sees it."""
+    return tokenizer.apply_chat_template(
+        list(messages) + [{"role": "assistant", "content": answer}], tokenize=False)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to a rectangle: (ids, attention_mask). Prompts end at the same column, so responses
+    appended after them start at the same column too."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(list(s))
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(width or 0, max((len(s) for s in sequences), default=0), 1)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, exactly as HF `generate` computes them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def freeze_lower_layers(backbone, trainable_layers: int | None) -> None:
+    """Train only the top `trainable_layers` blocks and the final norm: embeddings (and a tied LM
+    head) and the lower blocks stay frozen, so backward stops early — the CPU speed knob."""
+    if trainable_layers is None:
+        return
+    layers = backbone.layers
+    if not 0 < trainable_layers <= len(layers):
+        raise ValueError(f"trainable_layers must be in 1..{len(layers)}")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - trainable_layers:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    if getattr(backbone, "norm", None) is not None:
+        for p in backbone.norm.parameters():
+            p.requires_grad_(True)
+
+
+def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    response_len: int) -> torch.Tensor:
+    """Hidden states that predict the last `response_len` tokens of [left-padded prompt | response].
+
+    Position i predicts token i+1, so the slice is [-response_len-1 : -1] (B, R, H).
+    """
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state[:, -response_len - 1:-1]
+
+
+def response_logits(model, input_ids, attention_mask, response_len: int) -> torch.Tensor:
+    """LM logits for the response positions only (saves the full-sequence vocab projection)."""
+    return model.get_output_embeddings()(response_hidden(model, input_ids, attention_mask, response_len))

@@ -1,0 +1,232 @@
+"""Reward model: a transformer with a scalar head scoring (prompt, answer) under the chat template.
+
+Trained with Bradley–Terry on pairs plus a pointwise logistic loss on thumbs. The folder it writes is
+a plain HF `...ForSequenceClassification` checkpoint plus `reward_stats.json` (mean/std of rewards on
+the training answers, so PPO can normalise, and the training metrics).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from trainer import ppo_math as pm
+from trainer.config import RMConfig
+from trainer.data import PreferencePair, RatedAnswer
+from trainer.modeling import conversation_text, freeze_lower_layers, load_tokenizer, set_threads
+
+STATS_FILE = "reward_stats.json"
+Progress = Callable[[str, int, int, dict], None]
+
+
+def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Scalar score of each text read at its last real token (right padding).
+
+    Pooling is done here from the attention mask, not by HF's pad-token search, because many chat
+    tokenizers use EOS as pad and EOS also ends every answer.
+    """
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                    max_length=max_length, add_special_tokens=False)
+    hidden = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                              use_cache=False).last_hidden_state
+    last = enc["attention_mask"].sum(1) - 1
+    return model.score(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1).float()
+
+
+class RewardModel:
+    """A trained RM folder, loaded once; scores are raw, `normalised` uses the stored mean/std."""
+
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0,
+                 max_length: int = 512, batch_size: int = 16):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.mean, self.std, self.max_length, self.batch_size = mean, std, max_length, batch_size
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "RewardModel":
+        from transformers import AutoModelForSequenceClassification
+        model_dir = Path(model_dir)
+        stats = json.loads((model_dir / STATS_FILE).read_text()) if (model_dir / STATS_FILE).exists() else {}
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+        return cls(model, _rm_tokenizer(model_dir), stats.get("mean", 0.0), stats.get("std", 1.0),
+                   stats.get("max_length", 512))
+
+    @torch.no_grad()
+    def score(self, messages_list: Sequence[list[dict]], answers: Sequence[str]) -> list[float]:
+        """Raw scalar reward of each (prompt messages, answer)."""
+        if len(messages_list) != len(answers):
+            raise ValueError("messages_list and answers differ in length")
+        texts = [conversation_text(self.tokenizer, m, a) for m, a in zip(messages_list, answers)]
+        out: list[float] = []
+        for i in range(0, len(texts), self.batch_size):
+            out += sequence_scores(self.model, self.tokenizer, texts[i:i + self.batch_size],
+                                   self.max_length).tolist()
+        return out
+
+    def normalised(self, messages_list: Sequence[list[dict]], answers: Sequence[str]) -> list[float]:
+        """(raw - mean) / std with the statistics stored at training time."""
+        return [(r - self.mean) / self.std for r in self.score(messages_list, answers)]
+
+
+def _rm_tokenizer(model_dir):
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.padding_side = "right"      # pooling reads the last real token
+    tokenizer.truncation_side = "left"    # keep the answer when the chat is too long
+    return tokenizer
+
+
+def _load_for_training(init_dir: Path, config: RMConfig):
+    from transformers import AutoModelForSequenceClassification
+    torch.manual_seed(config.seed)  # the fresh scalar head's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(str(init_dir), num_labels=1,
+                                                               dtype=torch.float32)
+    tokenizer = _rm_tokenizer(init_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    freeze_lower_layers(model.base_model, config.trainable_layers)
+    return model.eval(), tokenizer  # eval(): no dropout, deterministic scores; grads still flow
+
+
+def _split_heldout(pairs, config: RMConfig, rng: random.Random):
+    if len(pairs) < config.min_heldout_pairs or config.heldout_fraction <= 0:
+        return list(pairs), []
+    shuffled = list(pairs)
+    rng.shuffle(shuffled)
+    n_eval = max(1, int(round(len(shuffled) * config.heldout_fraction)))
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def _pair_loss(model, tokenizer, batch: list[PreferencePair], max_length: int):
+    texts = [conversation_text(tokenizer, p.messages, p.chosen) for p in batch]
+    texts += [conversation_text(tokenizer, p.messages, p.rejected) for p in batch]
+    scores = sequence_scores(model, tokenizer, texts, max_length)
+    rc, rr = scores[:len(batch)], scores[len(batch):]
+    loss = pm.bradley_terry_loss(rc, rr, torch.tensor([p.margin for p in batch]),
+                                 torch.tensor([p.weight for p in batch]))
+    return loss, pm.pairwise_accuracy(rc.detach(), rr.detach())
+
+
+def _rated_loss(model, tokenizer, batch: list[RatedAnswer], max_length: int):
+    texts = [conversation_text(tokenizer, r.messages, r.answer) for r in batch]
+    scores = sequence_scores(model, tokenizer, texts, max_length)
+    signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch])
+    return pm.pointwise_loss(scores, signs, torch.tensor([r.weight for r in batch]))
+
+
+@torch.no_grad()
+def _score_texts(model, tokenizer, texts: list[str], config: RMConfig) -> torch.Tensor:
+    chunks = [sequence_scores(model, tokenizer, texts[i:i + config.eval_batch_size], config.max_length)
+              for i in range(0, len(texts), config.eval_batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+def _pair_accuracy(model, tokenizer, pairs, config: RMConfig) -> float | None:
+    if not pairs:
+        return None
+    rc = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.chosen) for p in pairs], config)
+    rr = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.rejected) for p in pairs], config)
+    return pm.pairwise_accuracy(rc, rr)
+
+
+def _batches(items: list, size: int, n_batches: int, rng: random.Random):
+    """n_batches minibatches cycling through a reshuffled list (the shorter data source repeats)."""
+    order: list = []
+    for _ in range(n_batches):
+        if len(order) < size:
+            fresh = list(items)
+            rng.shuffle(fresh)
+            order += fresh
+        yield order[:size]
+        del order[:size]
+
+
+def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAnswer] | None,
+                       base_dir: str | Path, out_dir: str | Path, config: RMConfig = RMConfig(),
+                       warm_start: str | Path | None = None,
+                       eval_pairs: Sequence[PreferencePair] | None = None,
+                       progress: Progress | None = None) -> dict:
+    """Train an RM on pairs (+ thumbs) and save it to out_dir; returns its metrics.
+
+    Initialised from `warm_start` (a previous RM folder) if given, else from `base_dir` (usually the
+    policy) with a fresh scalar head. Without eval_pairs, `config.heldout_fraction` of the pairs is
+    held out for `heldout_accuracy`. reward_mean/std are measured on every training answer.
+    """
+    from tqdm.auto import tqdm
+    set_threads(config.num_threads)
+    started = time.time()
+    rng = random.Random(config.seed)
+    rated = list(rated or [])
+    if eval_pairs is None:
+        train_pairs, heldout = _split_heldout(pairs, config, rng)
+    else:
+        train_pairs, heldout = list(pairs), list(eval_pairs)
+    if not train_pairs and not rated:
+        raise ValueError("no training data: give preference pairs and/or rated answers")
+
+    model, tokenizer = _load_for_training(Path(warm_start or base_dir), config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(math.ceil(len(train_pairs) / config.batch_size),
+                          math.ceil(len(rated) / config.batch_size))
+    total = steps_per_epoch * config.epochs
+    history, step = [], 0
+    bar = tqdm(total=total, desc="reward model", disable=not config.show_progress_bar)
+    for epoch in range(config.epochs):
+        pair_batches = _batches(train_pairs, config.batch_size, steps_per_epoch, rng) if train_pairs else None
+        rated_batches = _batches(rated, config.batch_size, steps_per_epoch, rng) if rated else None
+        for _ in range(steps_per_epoch):
+            metrics: dict = {"epoch": epoch}
+            loss = torch.zeros(())
+            if pair_batches:
+                pair_loss, acc = _pair_loss(model, tokenizer, next(pair_batches), config.max_length)
+                loss = loss + pair_loss
+                metrics.update(pair_loss=pair_loss.item(), train_accuracy=acc)
+            if rated_batches:
+                point_loss = _rated_loss(model, tokenizer, next(rated_batches), config.max_length)
+                loss = loss + config.pointwise_coef * point_loss
+                metrics["pointwise_loss"] = point_loss.item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            optimizer.step()
+            metrics["loss"] = loss.item()
+            step += 1
+            history.append(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            if progress:
+                progress("rm", step, total, metrics)
+    bar.close()
+
+    reference = [conversation_text(tokenizer, p.messages, a) for p in train_pairs for a in (p.chosen, p.rejected)]
+    reference += [conversation_text(tokenizer, r.messages, r.answer) for r in rated]
+    ref_scores = _score_texts(model, tokenizer, reference, config)
+    mean = ref_scores.mean().item()
+    std = ref_scores.std(unbiased=False).item() if len(ref_scores) > 1 else 1.0
+    last = history[-min(len(history), steps_per_epoch):]
+    metrics = {
+        "heldout_accuracy": _pair_accuracy(model, tokenizer, heldout, config),
+        "train_accuracy": _pair_accuracy(model, tokenizer, train_pairs, config),
+        "reward_mean": mean, "reward_std": max(std, 1e-6),
+        "final_loss": sum(h["loss"] for h in last) / len(last),
+        "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),
+        "steps": step, "seconds": round(time.time() - started, 2),
+    }
+    _save(model, tokenizer, Path(out_dir), metrics, config, base_dir, warm_start)
+    if progress:
+        progress("rm_done", step, total, metrics)
+    return metrics
+
+
+def _save(model, tokenizer, out_dir: Path, metrics: dict, config: RMConfig, base_dir, warm_start) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    stats = {"mean": metrics["reward_mean"], "std": metrics["reward_std"], "max_length": config.max_length,
+             "base": str(base_dir), "warm_start": str(warm_start) if warm_start else None,
+             "config": asdict(config), "metrics": metrics}
+    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
