@@ -4,15 +4,20 @@ Everything lives under one prefix so several deployments (or tests) can share a 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 FEEDBACK_GROUP = "trainer"
 """Consumer group of the feedback stream read by the retrain pipeline."""
 
 
-@dataclass(frozen=True)
 class Keys:
-    prefix: str = "rlhf"
+    def __init__(self, prefix: str | None = None):
+        self._prefix = prefix
+
+    @property
+    def prefix(self) -> str:
+        # Looked up on use, so a process (the demo) can pick its deployment's prefix at run time.
+        return self._prefix or os.environ.get("RLHF_KEY_PREFIX", "rlhf")
 
     # answers: one JSON string per returned choice, TTL = retention
     def answer(self, response_id: str) -> str:
@@ -69,6 +74,16 @@ class Keys:
     @property
     def last_snapshot_total(self) -> str:
         return f"{self.prefix}:pipeline:last_total"
+
+
+    @property
+    def training_queue(self) -> str:
+        """Celery queue of pipeline runs (prefixed: deployments sharing a Redis stay apart)."""
+        return f"{self.prefix}.training"
+
+    @property
+    def control_queue(self) -> str:
+        return f"{self.prefix}.control"
 
 
 KEYS = Keys()

@@ -19,7 +19,6 @@ from common.registry import ModelRegistry, RegistryError
 from common.settings import Settings
 
 RETRAIN_TASK = "worker.tasks.retrain"
-TRAINING_QUEUE = "training"
 
 
 class GateRefused(RegistryError):
@@ -109,7 +108,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "current_version": registry(settings).current(),
         "replicas": replicas(settings),
         "pipeline": pipeline_status(settings),
-        "queue_depth": {"training": r.llen(TRAINING_QUEUE)},
+        "queue_depth": {"training": r.llen(KEYS.training_queue)},
         "feedback": {"counts": counts, "stream_length": r.xlen(KEYS.feedback_stream),
                      "not_yet_trained_on": sum(int(g.get("lag") or 0) + int(g.get("pending") or 0)
                                                for g in groups)},
@@ -123,7 +122,7 @@ def request_retrain(settings: Settings, reason: str = "operator", force: bool = 
     run_id = time.strftime("run-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
     app = Celery("rlhf", broker=settings.redis_url, backend=settings.redis_url)
     app.send_task(RETRAIN_TASK, kwargs={"run_id": run_id, "reason": reason, "force": force},
-                  queue=TRAINING_QUEUE, task_id=run_id)
+                  queue=KEYS.training_queue, task_id=run_id)
     return run_id
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -37,6 +38,45 @@ class SwapReport:
     checked_tensors: int = 0
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _ServingGate:
+    """Readers = requests being generated, writer = a swap. Why not rely on vLLM's pause
+    alone: a request that read the version just before the pause but reached the engine just
+    after it would run on the new weights under the old version id. With the gate, a swap waits
+    for running requests, new ones wait for the swap (they queue, they do not fail), and the
+    version a request reads is the one that serves it. Writer preference: a busy server cannot
+    starve a swap."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @asynccontextmanager
+    async def read(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def write(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer)
+            self._writer = True
+            await self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 def build_engine_args(settings: Settings, model_path: str):
@@ -67,6 +107,7 @@ class Engine:
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = settings.max_model_len
         self._swap_lock = asyncio.Lock()
+        self._gate = _ServingGate()
         self.swapping = False
         self.last_probe = ""
         self.last_swap: SwapReport | None = None
@@ -106,6 +147,13 @@ class Engine:
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
+
+    @asynccontextmanager
+    async def serving(self):
+        """``async with engine.serving() as version:`` generate inside; ``version`` is the
+        exact model version that produces the output (no swap can start meanwhile)."""
+        async with self._gate.read():
+            yield self.version
 
     async def generate(self, prompt_ids: list[int], params, request_id: str | None = None
                        ) -> AsyncIterator[Any]:
@@ -191,31 +239,37 @@ class Engine:
             old_version, old_path = self.version, self.path
             self.swapping = True
             try:
-                _check_same_architecture(old_path, str(path))
-                await self._reload(str(path))
-                probe = await self.probe()
-                checked, detail = await self._verify(version, str(path), probe)
-                self.version, self.path, self.last_probe = version, str(path), probe
-                report = SwapReport(version, str(path), True, time.perf_counter() - t0,
-                                    probe=probe, checked_tensors=checked,
-                                    extra={"verify": detail})
-                self.last_swap = report
-                log.info("swapped %s -> %s in %.3fs (%d tensors checked)", old_version,
-                         version, report.seconds, checked)
-                return report
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.error("swap to %s failed: %s; restoring %s", version, error, old_version)
-                try:
-                    await self._reload(old_path)
-                    self.last_probe = await self.probe()
-                except Exception as exc2:  # engine state unknown: say so loudly
-                    error += f"; restoring {old_version} also failed: {exc2}"
-                self.last_swap = SwapReport(version, str(path), False,
-                                            time.perf_counter() - t0, error=error)
-                raise SwapError(error) from exc
+                async with self._gate.write():
+                    return await self._swap_locked(version, str(path), old_version, old_path, t0)
             finally:
                 self.swapping = False
+
+    async def _swap_locked(self, version: str, path: str, old_version: str, old_path: str,
+                           t0: float) -> SwapReport:
+        try:
+            _check_same_architecture(old_path, str(path))
+            await self._reload(str(path))
+            probe = await self.probe()
+            checked, detail = await self._verify(version, str(path), probe)
+            self.version, self.path, self.last_probe = version, str(path), probe
+            report = SwapReport(version, str(path), True, time.perf_counter() - t0,
+                                probe=probe, checked_tensors=checked,
+                                extra={"verify": detail})
+            self.last_swap = report
+            log.info("swapped %s -> %s in %.3fs (%d tensors checked)", old_version,
+                     version, report.seconds, checked)
+            return report
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("swap to %s failed: %s; restoring %s", version, error, old_version)
+            try:
+                await self._reload(old_path)
+                self.last_probe = await self.probe()
+            except Exception as exc2:  # engine state unknown: say so loudly
+                error += f"; restoring {old_version} also failed: {exc2}"
+            self.last_swap = SwapReport(version, str(path), False,
+                                        time.perf_counter() - t0, error=error)
+            raise SwapError(error) from exc
 
 
 def _check_same_architecture(old: str, new: str) -> None:

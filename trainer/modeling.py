@@ -117,3 +117,24 @@ def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 def response_logits(model, input_ids, attention_mask, response_len: int) -> torch.Tensor:
     """LM logits for the response positions only (saves the full-sequence vocab projection)."""
     return model.get_output_embeddings()(response_hidden(model, input_ids, attention_mask, response_len))
+
+
+def fresh_output_dir(out_dir: str | Path) -> tuple[Path, Path]:
+    """(final, partial) paths: write into `partial`, then `publish` renames it, so a crash never
+    leaves a half-written checkpoint where the server could pick it up."""
+    final = Path(out_dir)
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"{final} exists and is not empty; checkpoints are immutable")
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        import shutil
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return final, partial
+
+
+def publish(partial: Path, final: Path) -> Path:
+    if final.exists():
+        final.rmdir()  # empty (checked in fresh_output_dir)
+    partial.rename(final)
+    return final

@@ -19,7 +19,8 @@ import torch
 from trainer import ppo_math as pm
 from trainer.config import RMConfig
 from trainer.data import PreferencePair, RatedAnswer
-from trainer.modeling import conversation_text, freeze_lower_layers, load_tokenizer, set_threads
+from trainer.modeling import (conversation_text, freeze_lower_layers, fresh_output_dir, load_tokenizer,
+                              publish, set_threads)
 
 STATS_FILE = "reward_stats.json"
 Progress = Callable[[str, int, int, dict], None]
@@ -167,6 +168,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     if not train_pairs and not rated:
         raise ValueError("no training data: give preference pairs and/or rated answers")
 
+    final, partial = fresh_output_dir(out_dir)  # fail before training, not after
     model, tokenizer = _load_for_training(Path(warm_start or base_dir), config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -216,17 +218,17 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),
         "steps": step, "seconds": round(time.time() - started, 2),
     }
-    _save(model, tokenizer, Path(out_dir), metrics, config, base_dir, warm_start)
+    _save(model, tokenizer, final, partial, metrics, config, base_dir, warm_start)
     if progress:
         progress("rm_done", step, total, metrics)
     return metrics
 
 
-def _save(model, tokenizer, out_dir: Path, metrics: dict, config: RMConfig, base_dir, warm_start) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
+def _save(model, tokenizer, final: Path, partial: Path, metrics: dict, config: RMConfig, base_dir, warm_start) -> None:
+    model.save_pretrained(str(partial), safe_serialization=True)
+    tokenizer.save_pretrained(str(partial))
     stats = {"mean": metrics["reward_mean"], "std": metrics["reward_std"], "max_length": config.max_length,
              "base": str(base_dir), "warm_start": str(warm_start) if warm_start else None,
              "config": asdict(config), "metrics": metrics}
-    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    (partial / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    publish(partial, final)

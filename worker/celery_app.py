@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from celery import Celery
 
+from common.keys import KEYS
 from common.settings import Settings
 
-TRAINING_QUEUE = "training"
-CONTROL_QUEUE = "control"
+TRAINING_QUEUE = KEYS.training_queue
+CONTROL_QUEUE = KEYS.control_queue
 
 
 def make_app(settings: Settings | None = None) -> Celery:

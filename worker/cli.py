@@ -8,7 +8,7 @@ import sys
 
 def add_commands(sub) -> None:
     p = sub.add_parser("worker", help="start a Celery worker (training + control queues)")
-    p.add_argument("--queues", default="training,control")
+    p.add_argument("--queues", default=None, help="default: this deployment's training,control")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--loglevel", default="info")
     p.set_defaults(handler=_worker)
@@ -43,7 +43,9 @@ def _celery(args_list: list[str]) -> int:
 
 
 def _worker(args) -> int:
-    return _celery(["worker", "-Q", args.queues, "--concurrency", str(args.concurrency),
+    from common.keys import KEYS
+    queues = args.queues or f"{KEYS.training_queue},{KEYS.control_queue}"
+    return _celery(["worker", "-Q", queues, "--concurrency", str(args.concurrency),
                     "--pool", "prefork", "--loglevel", args.loglevel, "-n", f"rlhf-{os.getpid()}@%h"])
 
 

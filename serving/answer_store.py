@@ -1,0 +1,137 @@
+"""Stores every returned choice (``StoredAnswer``) in Redis with a TTL = retention.
+
+Why a memory buffer: completions must keep being served when Redis is down, and an answer we
+returned must still be rateable later. Answers that cannot be written go to a bounded buffer
+(oldest dropped first, counted in metrics, only if it overflows) and a background task flushes
+them as soon as Redis answers again. Lookups check the buffer first, so feedback on an answer
+given during the outage works as soon as Redis is back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.events import StoredAnswer
+from common.keys import KEYS
+from serving.metrics import Metrics
+
+log = logging.getLogger("rlhf.answers")
+
+# Recently stored answers kept in memory: feedback usually arrives on fresh answers, and this
+# saves a Redis round trip per feedback call. Answers are immutable, so the cache is exact.
+_RECENT_MAX = 20_000
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached: the caller answers 503 + Retry-After."""
+
+
+class AnswerStore:
+    def __init__(self, redis: aioredis.Redis, retention_days: int, metrics: Metrics,
+                 buffer_max: int = 100_000):
+        self.redis = redis
+        self.ttl_s = int(retention_days * 86400)
+        self.metrics = metrics
+        self.buffer_max = buffer_max
+        self._pending: OrderedDict[str, StoredAnswer] = OrderedDict()
+        self._recent: OrderedDict[str, StoredAnswer] = OrderedDict()
+        self._wake = asyncio.Event()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _remember(self, answer: StoredAnswer) -> None:
+        self._recent[answer.response_id] = answer
+        if len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
+
+    async def save(self, answers: list[StoredAnswer]) -> bool:
+        """Write answers; never raises. Returns False when they were buffered instead."""
+        for a in answers:
+            self._remember(a)
+        if not self._pending:
+            try:
+                await self._write(answers)
+                self.metrics.answers.inc(len(answers))
+                return True
+            except RedisError as exc:
+                log.warning("Redis unavailable, buffering %d answers: %s", len(answers), exc)
+        # keep order: if older answers are still pending, queue behind them
+        for a in answers:
+            self._pending[a.response_id] = a
+        while len(self._pending) > self.buffer_max:
+            self._pending.popitem(last=False)
+            self.metrics.answers_dropped.inc()
+        self.metrics.answers_buffered.set(len(self._pending))
+        self._wake.set()
+        return False
+
+    async def _write(self, answers: list[StoredAnswer]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for a in answers:
+                pipe.set(KEYS.answer(a.response_id), a.model_dump_json(), ex=self.ttl_s)
+            await pipe.execute()
+
+    async def get(self, response_id: str) -> StoredAnswer | None:
+        """The answer, or None if unknown/expired; raises StoreUnavailable if Redis is down
+        and the answer is not held in memory."""
+        found = self._pending.get(response_id) or self._recent.get(response_id)
+        if found is not None:
+            return found
+        try:
+            raw = await self.redis.get(KEYS.answer(response_id))
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return StoredAnswer.model_validate_json(raw) if raw else None
+
+    async def get_many(self, response_ids: list[str]) -> dict[str, StoredAnswer | None]:
+        found: dict[str, StoredAnswer | None] = {}
+        missing = []
+        for rid in response_ids:
+            a = self._pending.get(rid) or self._recent.get(rid)
+            if a is None:
+                missing.append(rid)
+            else:
+                found[rid] = a
+        if missing:
+            try:
+                raws = await self.redis.mget([KEYS.answer(r) for r in missing])
+            except RedisError as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            for rid, raw in zip(missing, raws):
+                found[rid] = StoredAnswer.model_validate_json(raw) if raw else None
+        return found
+
+    async def flush_pending(self) -> int:
+        """Write buffered answers (in batches); returns how many were written."""
+        written = 0
+        while self._pending:
+            batch = list(self._pending.values())[:500]
+            await self._write(batch)  # raises RedisError while still down
+            for a in batch:
+                self._pending.pop(a.response_id, None)
+            written += len(batch)
+            self.metrics.answers.inc(len(batch))
+            self.metrics.answers_buffered.set(len(self._pending))
+        return written
+
+    async def run_flusher(self, interval_s: float = 1.0) -> None:
+        """Background task: retry buffered answers until Redis takes them."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._pending:
+                continue
+            try:
+                n = await self.flush_pending()
+                log.info("flushed %d buffered answers to Redis", n)
+            except RedisError:
+                await asyncio.sleep(interval_s)

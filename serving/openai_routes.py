@@ -1,0 +1,156 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models.
+
+Extra fields (ignored by the official client, documented in docs/serving.md):
+- every choice (and stream chunk choice) has ``response_id``, the id to rate in /v1/feedback;
+- responses carry ``model_version`` (also in ``system_fingerprint``): the exact version that
+  produced the answer;
+- /v1/models lists ``id: <served name>`` ("policy") with ``root`` and ``version`` = version id.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from serving.auth import require_api_key
+from serving.generation import (Prepared, prepare_chat, prepare_completion, sampling_params,
+                                stored_answer, usage)
+from serving.openai_schemas import ChatRequest, CompletionRequest
+
+log = logging.getLogger("rlhf.openai")
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+
+
+def _envelope(request: Request, prep: Prepared, version: str, obj: str) -> dict[str, Any]:
+    return {"id": prep.request_id, "object": obj, "created": prep.created,
+            "model": request.app.state.settings.served_model_name,
+            "system_fingerprint": version, "model_version": version}
+
+
+def _count_tokens(request: Request, n_prompt: int, n_completion: int) -> None:
+    m = request.app.state.metrics
+    m.tokens.labels("prompt").inc(n_prompt)
+    m.tokens.labels("completion").inc(n_completion)
+
+
+async def _generate_final(request: Request, prep: Prepared):
+    engine = request.app.state.engine
+    params = sampling_params(prep, stream=False)
+    final = None
+    async with engine.serving() as version:
+        async for out in engine.generate(prep.prompt_ids, params, prep.request_id):
+            final = out
+    outputs = sorted(final.outputs, key=lambda o: o.index)
+    answers = [stored_answer(prep, version, o.index, o.text, o.finish_reason, len(o.token_ids))
+               for o in outputs]
+    await request.app.state.answers.save(answers)  # buffers in memory if Redis is down
+    n_completion = sum(len(o.token_ids) for o in outputs)
+    _count_tokens(request, len(prep.prompt_ids), n_completion)
+    return version, outputs, usage(len(prep.prompt_ids), n_completion)
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool):
+    engine = request.app.state.engine
+    params = sampling_params(prep, stream=True)
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def choice(index: int, text: str, finish: str | None, first: bool = False) -> dict:
+        c: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish,
+                             "response_id": prep.response_id(index)}
+        if chat:
+            c["delta"] = ({"role": "assistant", "content": text} if first
+                          else ({"content": text} if text else {}))
+        else:
+            c["text"] = text
+        return c
+
+    async def events():
+        texts: dict[int, str] = {}
+        tokens: dict[int, int] = {}
+        finish: dict[int, str | None] = {}
+        t0, first_token = time.perf_counter(), True
+        try:
+            async with engine.serving() as version:
+                env = _envelope(request, prep, version, obj)
+                if include_usage:
+                    env["usage"] = None
+                n = prep.sampling["n"]
+                if chat:
+                    yield _sse(env | {"choices": [choice(i, "", None, True) for i in range(n)]})
+                async for out in engine.generate(prep.prompt_ids, params, prep.request_id):
+                    for o in out.outputs:
+                        texts[o.index] = texts.get(o.index, "") + o.text
+                        tokens[o.index] = tokens.get(o.index, 0) + len(o.token_ids)
+                        if o.finish_reason:
+                            finish[o.index] = o.finish_reason
+                        if first_token and o.token_ids:
+                            first_token = False
+                            request.app.state.metrics.ttft.observe(time.perf_counter() - t0)
+                        if o.text or o.finish_reason:
+                            yield _sse(env | {"choices": [choice(o.index, o.text,
+                                                                  o.finish_reason)]})
+            # stored before [DONE]: a client that rates right after the stream finds it
+            answers = [stored_answer(prep, version, i, texts.get(i, ""), finish.get(i),
+                                     tokens.get(i, 0)) for i in range(n)]
+            await request.app.state.answers.save(answers)
+            n_completion = sum(tokens.values())
+            _count_tokens(request, len(prep.prompt_ids), n_completion)
+            if include_usage:
+                yield _sse(env | {"choices": [],
+                                  "usage": usage(len(prep.prompt_ids), n_completion)})
+        except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+            log.exception("stream %s failed", prep.request_id)
+            yield _sse({"error": {"message": f"generation failed: {exc}",
+                                  "type": "server_error", "param": None, "code": None}})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    state = request.app.state
+    prep = prepare_chat(body, state.engine, state.settings)
+    if body.stream:
+        return _stream(request, prep, True,
+                       bool(body.stream_options and body.stream_options.include_usage))
+    version, outputs, use = await _generate_final(request, prep)
+    choices = [{"index": o.index, "response_id": prep.response_id(o.index),
+                "message": {"role": "assistant", "content": o.text},
+                "finish_reason": o.finish_reason, "logprobs": None} for o in outputs]
+    return _envelope(request, prep, version, "chat.completion") | {"choices": choices,
+                                                                    "usage": use}
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = request.app.state
+    prep = prepare_completion(body, state.engine, state.settings)
+    if body.stream:
+        return _stream(request, prep, False,
+                       bool(body.stream_options and body.stream_options.include_usage))
+    version, outputs, use = await _generate_final(request, prep)
+    choices = [{"index": o.index, "response_id": prep.response_id(o.index), "text": o.text,
+                "finish_reason": o.finish_reason, "logprobs": None} for o in outputs]
+    return _envelope(request, prep, version, "text_completion") | {"choices": choices,
+                                                                    "usage": use}
+
+
+@router.get("/models")
+async def models(request: Request):
+    state = request.app.state
+    version = state.engine.version
+    return {"object": "list", "data": [{
+        "id": state.settings.served_model_name, "object": "model",
+        "created": int(state.started_at), "owned_by": "rlhf-live",
+        "root": version, "version": version,
+        "max_model_len": state.engine.max_model_len}]}

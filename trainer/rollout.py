@@ -1,0 +1,79 @@
+"""Rollouts: the pluggable generator interface and the default HF `generate` implementation.
+
+The PPO loop only sees `RolloutGenerator`: prompt token ids in, response token ids out. A vLLM
+engine plugs in by implementing the same two methods (`sync_weights` would push the actor's new
+weights into the engine, e.g. through `load_weights`), without touching the algorithm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from trainer.modeling import left_pad
+
+
+@dataclass
+class SamplingSettings:
+    """How to sample responses; mirrors the PPOConfig rollout fields."""
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    eos_token_ids: list[int] = field(default_factory=list)  # any of these ends a response
+    pad_token_id: int = 0
+
+
+@runtime_checkable
+class RolloutGenerator(Protocol):
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the generator sample from `model`'s current weights (called before each rollout)."""
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[list[int]]:
+        """One response per prompt: its token ids, ending with the EOS if one was produced, no padding."""
+
+
+def trim_response(tokens: Sequence[int], eos_ids: Sequence[int], pad_id: int) -> list[int]:
+    """Cut a generated row after its first EOS (kept); without EOS drop trailing padding only."""
+    out: list[int] = []
+    for t in tokens:
+        out.append(int(t))
+        if t in eos_ids:
+            return out
+    while out and out[-1] == pad_id and pad_id not in eos_ids:
+        out.pop()
+    return out
+
+
+class HFGenerator:
+    """Samples with `model.generate` on the live actor (shared module, so syncing is free)."""
+
+    def __init__(self, model: torch.nn.Module | None = None, batch_size: int = 32):
+        self.model, self.batch_size = model, batch_size
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[list[int]]:
+        if self.model is None:
+            raise RuntimeError("HFGenerator has no model: call sync_weights(model) first")
+        responses: list[list[int]] = []
+        for i in range(0, len(prompt_ids), self.batch_size):
+            chunk = prompt_ids[i:i + self.batch_size]
+            ids, mask = left_pad(chunk, sampling.pad_token_id)
+            kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sampling.eos_token_ids,
+                          pad_token_id=sampling.pad_token_id)
+            if sampling.greedy:
+                kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+            else:
+                # explicit values override the checkpoint's generation_config (e.g. top_k=50,
+                # repetition_penalty): PPO needs samples from π itself. top_k=0 disables top-k.
+                kwargs.update(do_sample=True, temperature=sampling.temperature,
+                              top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=1.0)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            for row in out[:, ids.shape[1]:].tolist():
+                responses.append(trim_response(row, sampling.eos_token_ids, sampling.pad_token_id))
+        return responses
