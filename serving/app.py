@@ -1,0 +1,101 @@
+"""``create_app(settings)``: the FastAPI app embedding the vLLM engine.
+
+Start-up order: decide the version (registry / --model), start the engine, connect Redis
+(optional: completions are served without it), then the background tasks (answer flusher,
+hot-swapper). Routes: OpenAI (/v1/chat/completions, /v1/completions, /v1/models), feedback
+(/v1/feedback, /v1/feedback/batch, /v1/comparisons), /admin, /health, /metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from common.settings import Settings
+from serving import admin_routes, feedback_routes, openai_routes
+from serving.answer_store import AnswerStore
+from serving.errors import install_error_handlers
+from serving.feedback_store import FeedbackStore
+from serving.hotswap import HotSwapper, resolve_startup
+from serving.metrics import Metrics, MetricsMiddleware
+
+log = logging.getLogger("rlhf.app")
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    # Short timeouts: a dead Redis must cost a request milliseconds, not the default minutes.
+    return aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
+                             max_connections=256)
+
+
+def create_app(settings: Settings | None = None, model: str | None = None,
+               replica_id: str | None = None, port: int | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from serving.engine import Engine  # heavy import (vllm) only when serving
+
+        version, path = resolve_startup(settings, model)
+        engine = await Engine.start(settings, version, path)
+        redis = redis_client(settings.redis_url)
+        answers = AnswerStore(redis, settings.retention_days, metrics)
+        feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days)
+        try:
+            await feedback.ensure_group()
+        except RedisError as exc:  # the Lua script creates it on first write anyway
+            log.warning("Redis unavailable at start-up (%s); serving without it", exc)
+        rid = replica_id or settings.replica_id or f"{socket.gethostname()}:{port or 0}"
+        swapper = HotSwapper(settings, engine, redis, metrics, rid)
+        app.state.engine, app.state.answers, app.state.feedback = engine, answers, feedback
+        app.state.swapper, app.state.redis = swapper, redis
+        tasks = [asyncio.create_task(answers.run_flusher(), name="answer-flusher"),
+                 asyncio.create_task(swapper.run(), name="hot-swapper")]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await answers.flush_pending()
+            except RedisError:
+                log.error("%d buffered answers could not be written before shutdown",
+                          answers.pending)
+            await swapper.withdraw()
+            await redis.aclose()
+            engine.shutdown()
+
+    app = FastAPI(title="rlhf-live serving", lifespan=lifespan)
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.started_at = time.time()
+    install_error_handlers(app)
+    app.include_router(openai_routes.router)
+    app.include_router(feedback_routes.router)
+    app.include_router(admin_routes.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/health")
+    async def health(request: Request):
+        state = request.app.state
+        engine = state.engine
+        body = state.swapper.state() | {"answers_buffered": state.answers.pending,
+                                        "max_model_len": engine.max_model_len}
+        if engine.llm.errored:
+            return JSONResponse(body | {"status": "dead"}, status_code=503)
+        return body
+
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        data, content_type = request.app.state.metrics.render()
+        return Response(data, media_type=content_type)
+
+    return app

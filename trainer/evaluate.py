@@ -1,0 +1,89 @@
+"""Checks the promotion gate runs on a candidate policy folder before it is served.
+
+Each function loads what it needs from disk (the gate runs rarely, on separate folders).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from trainer import ppo_math as pm
+from trainer.data import PromptLike, prompt_messages
+from trainer.modeling import (eos_token_ids, left_pad, load_causal_lm, load_tokenizer, prompt_token_ids,
+                              response_logits,
+                              right_pad)
+from trainer.rollout import HFGenerator, SamplingSettings
+
+
+def check_finite(model_dir: str | Path) -> list[str]:
+    """Names of tensors in the folder's safetensors files that contain NaN or ±inf ([] = healthy)."""
+    from safetensors import safe_open
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
+    bad = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad.append(name)
+    return bad
+
+
+def _sample(model, tokenizer, messages: list[list[dict]], max_new_tokens: int, greedy: bool,
+            seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, response ids) for each prompt; sampling is at temperature 1, no top-k/p."""
+    torch.manual_seed(seed)
+    prompts = [prompt_token_ids(tokenizer, m) for m in messages]
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, greedy=greedy,
+                                eos_token_ids=eos_token_ids(model, tokenizer),
+                                pad_token_id=tokenizer.pad_token_id)
+    responses = HFGenerator(model).generate(prompts, settings)
+    return prompts, [r or settings.eos_token_ids[:1] for r in responses]
+
+
+def generate_answers(model_dir: str | Path, prompts: Sequence[PromptLike], max_new_tokens: int,
+                     greedy: bool = True, seed: int = 0) -> list[str]:
+    """One answer per prompt (greedy by default; `seed` makes sampled answers reproducible)."""
+    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
+    _, responses = _sample(model, tokenizer, [prompt_messages(p) for p in prompts], max_new_tokens, greedy, seed)
+    return tokenizer.batch_decode(responses, skip_special_tokens=True)
+
+
+def mean_rm_score(rm_dir: str | Path, prompts: Sequence[PromptLike], answers: Sequence[str]) -> float:
+    """Mean *raw* reward-model score of the answers (compare candidates under the same RM)."""
+    from trainer.reward_model import RewardModel
+    scores = RewardModel.load(rm_dir).score([prompt_messages(p) for p in prompts], list(answers))
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def _sequence_logprobs(model, prompts, responses, pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """Sum of log π(response | prompt) per sequence."""
+    totals = []
+    for i in range(0, len(prompts), batch_size):
+        p_ids, p_mask = left_pad(prompts[i:i + batch_size], pad_id)
+        r_ids, r_mask = right_pad(responses[i:i + batch_size], pad_id)
+        ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+        logp = pm.logprobs_from_logits(response_logits(model, ids, mask, r_ids.shape[1]), r_ids)
+        totals.append((logp * r_mask).sum(1))
+    return torch.cat(totals)
+
+
+def kl_between(policy_dir: str | Path, reference_dir: str | Path, prompts: Sequence[PromptLike],
+               max_new_tokens: int, n_samples: int, seed: int = 0) -> float:
+    """Monte-Carlo KL(π || π_ref) per sequence: mean over samples y ~ π of log π(y) - log π_ref(y).
+
+    Responses are sampled at temperature 1 (the distributions themselves), `n_samples` per prompt.
+    Both folders must share the tokenizer.
+    """
+    tokenizer = load_tokenizer(policy_dir)
+    policy, reference = load_causal_lm(policy_dir), load_causal_lm(reference_dir)
+    messages = [prompt_messages(p) for p in prompts for _ in range(n_samples)]
+    prompt_ids, responses = _sample(policy, tokenizer, messages, max_new_tokens, greedy=False, seed=seed)
+    diff = (_sequence_logprobs(policy, prompt_ids, responses, tokenizer.pad_token_id)
+            - _sequence_logprobs(reference, prompt_ids, responses, tokenizer.pad_token_id))
+    return diff.mean().item()
