@@ -12,8 +12,7 @@ import torch
 from trainer import ppo_math as pm
 from trainer.data import PromptLike, prompt_messages
 from trainer.modeling import (eos_token_ids, left_pad, load_causal_lm, load_tokenizer, prompt_token_ids,
-                              response_logits,
-                              right_pad)
+                              response_logits, right_pad)
 from trainer.rollout import HFGenerator, SamplingSettings
 
 
