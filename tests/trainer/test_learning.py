@@ -85,9 +85,10 @@ def test_ppo_raises_reward_with_bounded_kl(trained_rm, tiny_model_dir, tmp_path)
     for key in ("reward_raw", "reward_normalised", "kl", "entropy", "clip_frac", "approx_kl",
                 "value_loss", "response_length", "kl_coef"):
         assert all(math.isfinite(s[key]) for s in steps), key
-    # adaptive controller: β rises while KL is above target
-    above = [s for s in steps[1:] if s["kl"] > config.kl_target]
-    assert above and steps[-1]["kl_coef"] > config.init_kl_coef
+    # adaptive controller wired in: β rises after a step whose KL was above target, falls otherwise
+    for before, after in zip(steps, steps[1:]):
+        assert (after["kl_coef"] > before["kl_coef"]) == (before["kl"] > config.kl_target), (before, after)
+    assert steps[0]["kl_coef"] == config.init_kl_coef
     assert result["steps"] == 20 and "eval_reward_end" in result
     meta = json.loads((out / "ppo_meta.json").read_text())
     assert meta["parent"] == str(tiny_model_dir) and meta["config"]["lr"] == 1e-3
