@@ -116,6 +116,7 @@ class Engine:
         self._known_digests: dict[str, dict[str, str]] = {}
         self._known_probes: dict[str, str] = {}
         self._comparable: list[str] = []
+        self._checkpoint_ids: dict[str, str] = {}  # folder -> checkpoint_id()
 
     @classmethod
     async def start(cls, settings: Settings, version: str, path: str) -> "Engine":
@@ -133,6 +134,7 @@ class Engine:
             # file (CPU GEMMs repack linear weights, fused layers get new names).
             engine._comparable = sorted(n for n, d in on_disk.items() if live.get(n) == d)
             engine._known_digests[version] = live
+            engine._checkpoint_ids[path] = await asyncio.to_thread(checkpoint_id, path)
         except Exception as exc:  # verification is best effort, serving is not
             log.warning("weight checksums unavailable: %s", exc)
         return engine
@@ -209,6 +211,11 @@ class Engine:
         if bad:
             raise SwapError(f"live weights differ from {path} in {len(bad)} tensors "
                             f"(e.g. {bad[0]}): stale reload")
+        old = self._known_digests.get(self.version)
+        old_id, new_id = self._checkpoint_ids.get(self.path), self._checkpoint_ids.get(path)
+        if old is not None and live == old and old_id and new_id and old_id != new_id:
+            raise SwapError(f"stale reload: live weights are still those of {self.version} "
+                            f"although {path} holds other weights")
         known = self._known_digests.get(version)
         if known is not None and known != live:
             raise SwapError(f"weights of {version} differ from when it was served before")
@@ -239,6 +246,9 @@ class Engine:
             old_version, old_path = self.version, self.path
             self.swapping = True
             try:
+                # hashed before the pause: the files are immutable, serving goes on meanwhile
+                self._checkpoint_ids[str(path)] = await asyncio.to_thread(checkpoint_id,
+                                                                          str(path))
                 async with self._gate.write():
                     return await self._swap_locked(version, str(path), old_version, old_path, t0)
             finally:
@@ -270,6 +280,18 @@ class Engine:
             self.last_swap = SwapReport(version, str(path), False,
                                         time.perf_counter() - t0, error=error)
             raise SwapError(error) from exc
+
+
+def checkpoint_id(path: str) -> str:
+    """sha256 over the folder's safetensors files (name + bytes): tells whether two folders
+    hold different weights, so a reload that left the old ones in place can be caught."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _check_same_architecture(old: str, new: str) -> None:

@@ -25,9 +25,10 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+def describe_validation(errors) -> tuple[str, str | None]:
+    """'field: problem; ...' and the first field, from pydantic/FastAPI error dicts."""
     parts, first_param = [], None
-    for err in exc.errors():
+    for err in errors:
         loc = [str(x) for x in err.get("loc", ()) if x not in ("body",)]
         where = ".".join(loc) or "body"
         first_param = first_param or where
@@ -43,7 +44,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
-        message, param = _describe_validation(exc)
+        message, param = describe_validation(exc.errors())
         return error_response(422, message, "invalid_request_error", "invalid_body", param)
 
     @app.exception_handler(StarletteHTTPException)

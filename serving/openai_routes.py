@@ -54,7 +54,9 @@ async def _generate_final(request: Request, prep: Prepared):
 
 
 def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    # ASCII-only JSON: model text may contain U+2028 or NEL, which some SSE clients treat as
+    # line breaks (seen: httpx aiter_lines cut a chunk in two)
+    return f"data: {json.dumps(data)}\n\n"
 
 
 def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool):

@@ -86,8 +86,9 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def freeze_lower_layers(backbone, trainable_layers: int | None) -> None:
-    """Train only the top `trainable_layers` blocks and the final norm: embeddings (and a tied LM
-    head) and the lower blocks stay frozen, so backward stops early — the CPU speed knob."""
+    """Train only the top `trainable_layers` blocks and the final norm: embeddings (and so a tied LM
+    head, as in SmolLM2) and the lower blocks stay frozen, so backward stops early — the CPU speed
+    knob. An untied LM head lives outside the backbone and keeps training."""
     if trainable_layers is None:
         return
     layers = backbone.layers

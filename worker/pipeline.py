@@ -26,7 +26,9 @@ class StatusWriter:
     def __init__(self, client: redis.Redis, run_id: str, reason: str):
         self.client, self.run_id = client, run_id
         self.fields: dict[str, Any] = {"run_id": run_id, "reason": reason, "state": "running",
-                                       "started": time.time(), "step": "", "error": ""}
+                                       "started": time.time(), "step": "", "error": "",
+                                       "step_seconds": {}}
+        self._step_started = time.time()
         self.client.delete(KEYS.pipeline_status)
         self._write()
 
@@ -39,7 +41,13 @@ class StatusWriter:
         except redis.RedisError:
             pass  # status is best effort; training goes on
 
+    def _close_step(self) -> None:
+        if self.fields["step"]:
+            self.fields["step_seconds"][self.fields["step"]] = round(time.time() - self._step_started, 2)
+        self._step_started = time.time()
+
     def step(self, name: str, **extra) -> None:
+        self._close_step()
         self.fields.update(step=name, step_index=STEPS.index(name) + 1, steps=len(STEPS),
                            progress=0, total=0, **extra)
         self._write()
@@ -50,6 +58,7 @@ class StatusWriter:
         self._write()
 
     def finish(self, state: str, **extra) -> dict:
+        self._close_step()
         self.fields.update(state=state, finished=time.time(), **extra)
         self._write()
         try:

@@ -91,7 +91,7 @@ def _give_feedback(live, rounds: int = 1) -> int:
     return sent
 
 
-def _wait_pipeline(live, run_id: str, timeout: float = 300) -> dict:
+def _wait_pipeline(live, run_id: str, timeout: float = 900) -> dict:
     deadline = time.time() + timeout
     r = ops.client(live["settings"])
     while time.time() < deadline:

@@ -1,0 +1,147 @@
+"""Hot-swap under load: time from deploy (registry CURRENT + pub/sub) to the first answer
+produced by the new version, failed requests during the swap, and the latency bump.
+
+    .venv/bin/python bench/bench_hotswap.py                 # SmolLM2-135M-Instruct
+    .venv/bin/python bench/bench_hotswap.py --model tiny    # tiny random Llama (fast)
+
+v1 is the base model with slightly perturbed weights (same shapes), published through the
+registry like a pipeline would. The bench swaps v0 -> v1 -> v0 ... `--swaps` times while
+`--clients` threads send chat requests non-stop, and records every request.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+
+from bench._common import machine_facts, percentile, private_redis, write_result  # noqa: E402
+
+
+def perturbed_copy(src: Path, dst: Path, scale: float = 0.02) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layers." in name and p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * scale * p.std())
+    model.save_pretrained(dst, safe_serialization=True)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+class Load:
+    def __init__(self, url: str, clients: int, max_tokens: int):
+        self.url, self.max_tokens = url, max_tokens
+        self.records: list[tuple[float, float, str, int]] = []  # (t_start, t_end, version, status)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, i: int):
+        with httpx.Client(timeout=120) as h:
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    r = h.post(self.url + "/v1/chat/completions", json={
+                        "model": "policy", "max_tokens": self.max_tokens, "temperature": 0,
+                        "messages": [{"role": "user", "content": f"Say something about the number {i}."}]})
+                    v = r.json().get("model_version", "?") if r.status_code == 200 else "error"
+                    self.records.append((t0, time.perf_counter(), v, r.status_code))
+                except httpx.HTTPError:
+                    self.records.append((t0, time.perf_counter(), "error", 0))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a model folder")
+    ap.add_argument("--swaps", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--settle", type=float, default=8.0, help="seconds of load between swaps")
+    args = ap.parse_args()
+
+    from common import ops
+    from common.registry import ModelRegistry
+    from common.settings import Settings
+    from tests.helpers.server import running_server
+
+    work = Path(tempfile.mkdtemp(prefix="bench-hotswap-"))
+    data = work / "data"
+    if args.model == "tiny":
+        from common.tiny_model import build_tiny_model
+        base = build_tiny_model(work / "tiny")
+    elif args.model == "smollm2":
+        from common.smollm2 import ensure_smollm2
+        base = ensure_smollm2(Settings().data_dir)
+    else:
+        base = Path(args.model)
+    variant = perturbed_copy(base, work / "variant")
+
+    with private_redis() as redis_url:
+        env = {**os.environ, "RLHF_REDIS_URL": redis_url, "RLHF_DATA_DIR": str(data),
+               "VLLM_CPU_KVCACHE_SPACE": "2", "RLHF_MAX_MODEL_LEN": "1024"}
+        settings = Settings(redis_url=redis_url, data_dir=data)
+        with running_server(env, model_dir=base, startup_timeout_s=900) as srv:
+            reg = ModelRegistry(settings.models_dir)
+            t = time.perf_counter()
+            v1 = reg.publish(variant, {"parent": "v0", "note": "bench variant"})
+            publish_s = time.perf_counter() - t
+            swaps = []
+            with Load(srv.url, args.clients, args.max_tokens) as load:
+                time.sleep(args.settle)
+                for i in range(args.swaps):
+                    target = v1 if i % 2 == 0 else "v0"
+                    t_deploy = time.perf_counter()
+                    ops.deploy(settings, target, actor="bench")
+                    while not any(v == target and s >= t_deploy for s, _, v, _ in load.records):
+                        # first answer *started* after the deploy and produced by the new version
+                        if time.perf_counter() - t_deploy > 120:
+                            break
+                        time.sleep(0.01)
+                    first = min((e for s, e, v, _ in load.records if v == target and s >= t_deploy), default=None)
+                    swaps.append({"to": target, "deploy_to_first_answer_s":
+                                  None if first is None else round(first - t_deploy, 3)})
+                    time.sleep(args.settle)
+            recs = load.records
+    # latency over the whole run, swaps included
+    lat_all = [e - s for s, e, _, st in recs if st == 200]
+    failures = [r for r in recs if r[3] != 200]
+    ttfa = [s["deploy_to_first_answer_s"] for s in swaps if s["deploy_to_first_answer_s"] is not None]
+    result = {
+        "name": "hotswap", "command": " ".join(["python"] + sys.argv), "machine": machine_facts(),
+        "model": str(base), "clients": args.clients, "max_tokens": args.max_tokens,
+        "publish_copy_s": round(publish_s, 3), "swaps": swaps,
+        "deploy_to_first_answer_s": {"mean": round(sum(ttfa) / len(ttfa), 3) if ttfa else None,
+                                     "max": max(ttfa) if ttfa else None},
+        "requests": len(recs), "failed_requests": len(failures),
+        "latency_ms": {"p50": round(1000 * percentile(lat_all, 50), 1),
+                       "p99": round(1000 * percentile(lat_all, 99), 1),
+                       "max": round(1000 * max(lat_all), 1) if lat_all else None},
+        "target": "deploy -> first answer from the new version < 3 s, 0 failed requests",
+    }
+    print(write_result(f"hotswap-{'tiny' if args.model == 'tiny' else 'smollm2'}", result))
+    print({k: result[k] for k in ("deploy_to_first_answer_s", "requests", "failed_requests", "latency_ms")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Feedback ingest: events/s and latency with N concurrent clients through our HTTP API.
+
+    .venv/bin/python bench/bench_ingest.py [--seconds 10] [--concurrency 8,32] [--batch 50]
+
+Starts a private redis-server (AOF on, appendfsync everysec) and a real ``rlhf serve`` on the
+tiny model, creates answers, then drives POST /v1/feedback (one event per request) and
+POST /v1/feedback/batch (``--batch`` events per request) with a raw keep-alive HTTP client in
+a separate process. Writes bench/results/ingest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (cpu_seconds_by_process, group_pids, machine_facts,  # noqa: E402
+                     percentile, private_redis, raw_post, run_load, write_result)
+
+API_KEY = "bench-key"
+
+
+def _load_proc(q, host, port, reqs, conc, seconds):
+    q.put(run_load(host, port, reqs, conc, seconds))
+
+
+def measure(port, reqs, conc, seconds, events_per_request, watch_pids=()):
+    cpu0 = cpu_seconds_by_process(list(watch_pids))
+    q = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=_load_proc,
+                                        args=(q, "127.0.0.1", port, reqs, conc, seconds))
+    p.start()
+    lat, errors, elapsed = q.get()
+    p.join()
+    cpu1 = cpu_seconds_by_process(list(watch_pids))
+    n = len(lat)
+    # CPU share of each server-side process during the run (1.0 = one full core)
+    cpu = {k: round((cpu1[k] - cpu0.get(k, 0.0)) / elapsed, 2) for k in cpu1}
+    return {"concurrency": conc, "events_per_request": events_per_request,
+            "requests": n, "errors": len(errors), "error_samples": errors[:3],
+            "seconds": round(elapsed, 3),
+            "requests_per_s": round(n / elapsed, 1),
+            "events_per_s": round(n * events_per_request / elapsed, 1),
+            "latency_ms": {"p50": round(percentile(lat, 50) * 1e3, 2),
+                           "p90": round(percentile(lat, 90) * 1e3, 2),
+                           "p99": round(percentile(lat, 99) * 1e3, 2),
+                           "max": round(max(lat) * 1e3, 2) if lat else None},
+            "cpu_cores_used": cpu}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="model folder (default: a tiny random model)")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--concurrency", default="4,8,32")
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--answers", type=int, default=256)
+    args = ap.parse_args()
+
+    import httpx
+    import redis
+
+    from common.keys import KEYS
+    from tests.helpers.server import running_server
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    model = args.model
+    if not model:
+        from common.tiny_model import build_tiny_model
+        model = str(build_tiny_model(tmp / "tiny"))
+    results = {"name": "ingest", "command": " ".join([sys.executable] + sys.argv),
+               "machine": machine_facts(), "model": model,
+               "redis": "private redis-server, appendonly yes, appendfsync everysec",
+               "server": "one `rlhf serve` process (uvicorn, uvloop, httptools)",
+               "client": "raw HTTP/1.1 keep-alive, asyncio+uvloop, separate process",
+               "runs": []}
+    with private_redis() as redis_url:
+        env = dict(os.environ, RLHF_REDIS_URL=redis_url, RLHF_DATA_DIR=str(tmp / "data"),
+                   RLHF_API_KEYS=API_KEY, RLHF_MAX_MODEL_LEN="256",
+                   RLHF_TEST_LOG_LEVEL="warning")
+        with running_server(env, model_dir=model, log_dir=tmp) as srv:
+            ids: list[str] = []
+            with httpx.Client(timeout=120, headers=srv.headers()) as c:
+                while len(ids) < args.answers:
+                    res = c.post(srv.v1 + "/chat/completions", json={
+                        "messages": [{"role": "user", "content": f"q{len(ids)}"}],
+                        "max_tokens": 1, "n": 8})
+                    ids += [ch["response_id"] for ch in res.json()["choices"]]
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            rng = random.Random(0)
+            single = [raw_post("/v1/feedback", json.dumps({
+                "response_id": rng.choice(ids), "rating": rng.choice(["up", "down"]),
+                "user": f"user{rng.randrange(10_000)}"}).encode(), auth) for _ in range(4096)]
+            batch = [raw_post("/v1/feedback/batch", json.dumps({"items": [{
+                "response_id": rng.choice(ids), "rating": rng.choice(["up", "down"]),
+                "user": f"user{rng.randrange(10_000)}"} for _ in range(args.batch)]}).encode(),
+                auth) for _ in range(256)]
+            watch = group_pids(srv.proc.pid) + [private_redis.pid]
+            measure(srv.port, single, 8, 2.0, 1)  # warm-up
+            for conc in [int(x) for x in args.concurrency.split(",")]:
+                run = measure(srv.port, single, conc, args.seconds, 1, watch)
+                run["route"] = "/v1/feedback"
+                results["runs"].append(run)
+                print(json.dumps(run))
+            for conc in [int(x) for x in args.concurrency.split(",")]:
+                run = measure(srv.port, batch, conc, args.seconds, args.batch, watch)
+                run["route"] = "/v1/feedback/batch"
+                results["runs"].append(run)
+                print(json.dumps(run))
+            r = redis.Redis.from_url(redis_url)
+            results["stream_length"] = r.xlen(KEYS.feedback_stream)
+            results["counts_total"] = int(r.hget(KEYS.feedback_counts, "total") or 0)
+            results["accepted_by_server"] = sum(
+                x["requests"] * x["events_per_request"] for x in results["runs"])
+    results["target"] = {"events_per_s": 5000, "p99_ms": 20}
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("wrote", write_result("ingest", results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

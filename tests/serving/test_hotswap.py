@@ -1,0 +1,186 @@
+"""Hot swap on a running server: publish a new version in the registry, announce it, and the
+replica serves it without failing a single concurrent request; swapping back gives back the
+exact old greedy output; a broken version is refused and the old one keeps serving."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import httpx
+import pytest
+
+from common.events import StoredAnswer
+from common.keys import KEYS
+from common.registry import ModelRegistry
+from common.tiny_model import build_tiny_model
+from tests.helpers.server import running_server
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def swap_server(redis_server, tiny_model_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("swap-data")
+    env = dict(os.environ, RLHF_REDIS_URL=redis_server.url, RLHF_DATA_DIR=str(data),
+               RLHF_MAX_MODEL_LEN="256", RLHF_API_KEYS="")
+    with running_server(env, model_dir=tiny_model_dir, extra_args=["--replica-id", "swap-1"],
+                        log_dir=tmp_path_factory.mktemp("swap-logs")) as srv:
+        yield srv, ModelRegistry(data / "models")
+
+
+def greedy(srv) -> tuple[str, str]:
+    res = httpx.post(srv.v1 + "/chat/completions", timeout=60, json={
+        "model": "policy", "messages": PROMPT, "max_tokens": 12, "temperature": 0.0})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    return body["choices"][0]["message"]["content"], body["choices"][0]["response_id"]
+
+
+def served_version(srv) -> str:
+    return httpx.get(srv.v1 + "/models", timeout=10).json()["data"][0]["root"]
+
+
+def deploy(r, registry, version):
+    registry.set_current(version, reason="test")
+    r.publish(KEYS.deploy_channel, json.dumps({"version": version,
+                                               "path": str(registry.path(version))}))
+
+
+def wait_version(srv, version, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if served_version(srv) == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"still serving {served_version(srv)}, wanted {version}: "
+                         f"{srv.health()}\n{srv.log_tail()}")
+
+
+class Hammer:
+    """Clients sending requests in a loop; counts successes and failures."""
+
+    def __init__(self, srv, n_threads=4):
+        self.srv, self.ok, self.failures, self.stop = srv, 0, [], threading.Event()
+        self.versions: set[str] = set()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n_threads)]
+
+    def _run(self):
+        with httpx.Client(timeout=60) as c:
+            while not self.stop.is_set():
+                try:
+                    res = c.post(self.srv.v1 + "/chat/completions", json={
+                        "model": "policy", "messages": PROMPT, "max_tokens": 4})
+                    if res.status_code == 200:
+                        self.ok += 1
+                        self.versions.add(res.json()["model_version"])
+                    else:
+                        self.failures.append(res.status_code)
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def test_hot_swap_and_back_under_load(swap_server, redis_server, tmp_path):
+    import redis
+    srv, registry = swap_server
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert served_version(srv) == "v0"
+    old_text, _ = greedy(srv)
+    v1 = registry.publish(build_tiny_model(tmp_path / "seed1", seed=1),
+                          {"parent": "v0", "note": "test"})
+
+    with Hammer(srv) as hammer:
+        time.sleep(1.0)
+        deploy(r, registry, v1)
+        wait_version(srv, v1)
+        new_text, new_id = greedy(srv)
+        time.sleep(1.0)
+        deploy(r, registry, "v0")
+        wait_version(srv, "v0")
+        back_text, _ = greedy(srv)
+        time.sleep(0.5)
+
+    assert hammer.failures == [] and hammer.ok > 0
+    assert hammer.versions == {"v0", v1}
+    assert new_text != old_text
+    assert back_text == old_text  # rollback restores the exact old weights
+    ans = StoredAnswer.model_validate_json(r.get(KEYS.answer(new_id)))
+    assert ans.model_version == v1
+    h = srv.health()
+    assert h["status"] == "serving" and h["last_swap"]["ok"] and h["version"] == "v0"
+    replica = r.hgetall(KEYS.replica("swap-1"))
+    assert replica["version"] == "v0" and replica["status"] == "serving"
+    assert "swap-1" in r.smembers(KEYS.replicas) and r.ttl(KEYS.replica("swap-1")) > 0
+
+
+def test_registry_poll_converges_without_a_message(swap_server, tmp_path):
+    srv, registry = swap_server
+    v = registry.publish(build_tiny_model(tmp_path / "seed2", seed=2), {"parent": "v0"})
+    registry.set_current(v, reason="test")  # no pub/sub message: the poll must find it
+    wait_version(srv, v, timeout=15)
+    registry.set_current("v0", reason="test")
+    wait_version(srv, "v0", timeout=15)
+
+
+def test_broken_version_is_refused_and_old_one_keeps_serving(swap_server, redis_server,
+                                                             tmp_path):
+    import redis
+    srv, registry = swap_server
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    before, _ = greedy(srv)
+    wide = registry.publish(build_tiny_model(tmp_path / "wide", hidden_size=256),
+                            {"parent": "v0"})
+    deploy(r, registry, wide)
+    deadline = time.monotonic() + 20
+    while srv.health()["status"] != "error" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    h = srv.health()
+    assert h["status"] == "error" and "different architecture" in h["error"]
+    assert h["version"] == "v0" and served_version(srv) == "v0"
+    assert greedy(srv)[0] == before
+    assert r.hget(KEYS.replica("swap-1"), "status") == "error"
+    registry.set_current("v0", reason="rollback")  # operator rolls back: error clears
+    deadline = time.monotonic() + 10
+    while srv.health()["status"] != "serving" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert srv.health()["status"] == "serving"
+
+
+def test_version_folder_rewritten_in_place_is_refused(swap_server, redis_server, tmp_path):
+    """Published folders are immutable; if one is rewritten anyway (the case where vLLM's
+    reload can serve stale weights, vLLM #32718), its weights no longer match what that
+    version served before, and the swap is refused."""
+    import shutil
+
+    import redis
+    srv, registry = swap_server
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    before, _ = greedy(srv)
+    v = registry.publish(build_tiny_model(tmp_path / "seed4", seed=4), {"parent": "v0"})
+    deploy(r, registry, v)
+    wait_version(srv, v)
+    deploy(r, registry, "v0")
+    wait_version(srv, "v0")
+    other = build_tiny_model(tmp_path / "seed5", seed=5)
+    target = registry.path(v) / "model.safetensors"
+    target.unlink()  # break the hard link first: v's source folder must stay intact
+    shutil.copy(other / "model.safetensors", target)
+    deploy(r, registry, v)
+    deadline = time.monotonic() + 20
+    while srv.health()["status"] != "error" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    h = srv.health()
+    assert h["status"] == "error" and "differ from when it was served" in h["error"], h
+    assert h["version"] == "v0" and greedy(srv)[0] == before
+    registry.set_current("v0", reason="rollback")
