@@ -148,6 +148,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
             rounds.append(asdict(res))
         dump(rounds, out / "rounds.json")
         loop_s = time.time() - started
+        _drop_namespace(settings)
     # Evaluation runs after the stack is down: it needs the CPU the server and workers held.
     registry = ModelRegistry(settings.models_dir)
     with console.status("scoring every version on held-out prompts ...") as st:
@@ -163,3 +164,14 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
     console.print(report.rich_table(rows))
     console.print(f"report: {md}  plots: {', '.join(str(p) for p in images)}")
     return 0 if rows else 1
+
+
+def _drop_namespace(settings) -> None:
+    """Leave nothing behind in a shared Redis: the run's data is in the output folder."""
+    from common import ops
+    from common.keys import KEYS
+    r = ops.client(settings)
+    for pattern in (f"{KEYS.prefix}:*", f"{KEYS.prefix}.*"):
+        keys = list(r.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i:i + 500])
