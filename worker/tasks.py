@@ -52,7 +52,10 @@ def maybe_retrain() -> str:
         return "running"
     total = int(r.hget(KEYS.feedback_counts, "total") or 0)
     new_events = total - int(r.get(KEYS.last_snapshot_total) or 0)
-    last_run = float(r.get(f"{KEYS.prefix}:pipeline:last_run") or 0)
+    # No run yet: the clock starts at the first check, so a fresh deployment does not retrain
+    # on its very first event (the event-count trigger still applies).
+    r.set(f"{KEYS.prefix}:pipeline:last_run", time.time(), nx=True)
+    last_run = float(r.get(f"{KEYS.prefix}:pipeline:last_run"))
     due_time = new_events > 0 and time.time() - last_run >= settings.retrain_every_minutes * 60
     due_count = new_events >= settings.retrain_min_events
     if not (due_time or due_count):

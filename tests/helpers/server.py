@@ -9,6 +9,7 @@ group gets SIGTERM, then SIGKILL if it lingers, so no test leaves an orphan behi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,7 @@ def running_server(env: dict[str, str], model_dir: str | Path | None = None,
     if model_dir is not None:
         cmd += ["--model", str(model_dir)]
     cmd += list(extra_args or [])
+    own_log_dir = log_dir is None  # ours to remove after a clean run
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="rlhf-serve-"))
     log_path = log_dir / f"serve-{port}.log"
     with open(log_path, "wb") as log:
@@ -125,5 +127,10 @@ def running_server(env: dict[str, str], model_dir: str | Path | None = None,
                                    f"{srv.log_tail()}")
             time.sleep(0.5)
         yield srv
+    except BaseException:
+        own_log_dir = False  # keep the log of a failed run for whoever debugs it
+        raise
     finally:
         stop_process_group(proc)
+        if own_log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)

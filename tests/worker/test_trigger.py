@@ -21,6 +21,15 @@ def test_trigger_on_new_events_queues_one_run_only(rlhf_env, monkeypatch):
     assert r.llen(KEYS.training_queue) == 1
 
 
+def test_fresh_deployment_starts_the_clock_instead_of_firing(rlhf_env, monkeypatch):
+    monkeypatch.setenv("RLHF_RETRAIN_MIN_EVENTS", "1000")
+    monkeypatch.setenv("RLHF_RETRAIN_EVERY_MINUTES", "1")
+    r = redis.Redis.from_url(rlhf_env["RLHF_REDIS_URL"], decode_responses=True)
+    r.hset(KEYS.feedback_counts, "total", 3)
+    assert maybe_retrain().startswith("idle (3 new")
+    assert r.llen(KEYS.training_queue) == 0
+
+
 def test_trigger_on_time_needs_new_events_and_respects_the_lock(rlhf_env, monkeypatch):
     monkeypatch.setenv("RLHF_RETRAIN_MIN_EVENTS", "1000")
     monkeypatch.setenv("RLHF_RETRAIN_EVERY_MINUTES", "0.001")
