@@ -176,6 +176,11 @@ def measure(port, conc, seconds, max_tokens, stream, watch=()) -> dict:
     if watch:
         # server-side CPU (1.0 = one core), summed over the server's process group
         res["server_cpu_cores"] = round(sum(cpu1[k] - cpu0.get(k, 0.0) for k in cpu1) / el, 2)
+        by_name: dict[str, float] = {}
+        for k in cpu1:
+            name = k.split(":", 1)[1]
+            by_name[name] = by_name.get(name, 0.0) + (cpu1[k] - cpu0.get(k, 0.0)) / el
+        res["server_cpu_cores_by_process"] = {k: round(v, 2) for k, v in sorted(by_name.items())}
     return res
 
 

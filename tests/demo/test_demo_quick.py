@@ -51,3 +51,29 @@ def _processes_with_env_value(fragment: str) -> list[int]:
         except (psutil.Error, OSError):
             pass
     return found
+
+
+def test_demo_stopped_by_sigterm_leaves_no_process_behind(redis_url, tiny_model_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "RLHF_REDIS_URL": redis_url, "RLHF_DATA_DIR": str(tmp_path / "data"),
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    log = open(tmp_path / "demo.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("rlhf")), "demo", "--quick",
+                             "--model", str(tiny_model_dir), "--out", str(out)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while "server up" not in (tmp_path / "demo.log").read_text() and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "demo.log").read_text()[-2000:]
+            time.sleep(0.5)
+        assert _processes_with_env_value(str(out)), "the demo's children should be running now"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1)
+    assert _processes_with_env_value(str(out)) == []
