@@ -281,7 +281,7 @@ def run_ours(model, env, tmp, args) -> tuple[list[dict], dict]:
 def run_raw(model, env, tmp, args) -> tuple[list[dict], dict]:
     with VLLMServer(model, env, tmp) as srv:
         runs = run_server_suite(srv.port, srv.proc.pid, args)
-    return runs, {"command": " ".join(srv.cmd[1:])}
+    return runs, {"command": " ".join(srv.cmd)}
 
 
 def ratios(ours: list[dict], raw: list[dict]) -> list[dict]:

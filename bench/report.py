@@ -208,6 +208,8 @@ def ppo(t: Table) -> None:
 def sources() -> str:
     lines = []
     for p in sorted(RESULTS.glob("*.json")):
+        if p.name == "run_all.json":
+            continue
         try:
             d = json.loads(p.read_text())
         except ValueError:
@@ -231,6 +233,11 @@ def build() -> str:
     if t.misses:
         parts += ["", "Why each missed goal misses:", "", *t.misses]
     parts += ["", "Result files (command, 1-min load average when it started):", "", sources()]
+    ra = load("run_all")
+    if ra:
+        per = ", ".join(f"{r['name']} {r['wall_s']} s" for r in ra["runs"] if "wall_s" in r)
+        parts += ["", f"Last `run_all.py` ({'--quick' if ra.get('quick') else 'full'}, "
+                      f"{ra['when']}): {ra['total_wall_s']} s in total ({per})."]
     return "\n".join(parts) + "\n"
 
 

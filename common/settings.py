@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     """No single rater may contribute more than this fraction of a training set."""
     heldout_fraction: float = 0.2
     """Share of prompts (by prompt hash) held out of PPO, used by the promotion gate."""
+    torch_threads: int = 0
+    """torch threads for training/gating in the worker; 0 = torch's default (all cores). On a
+    small machine shared with the server, 1 avoids OpenMP oversubscription (10x slowdowns seen)."""
     rm_overrides: str = "{}"
     """JSON object of RMConfig fields to override (e.g. '{"epochs": 2}')."""
     ppo_overrides: str = "{}"

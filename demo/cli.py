@@ -106,7 +106,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
            "RLHF_RETRAIN_EVERY_MINUTES": "100000", "RLHF_TRIGGER_CHECK_SECONDS": "3",
            "RLHF_PPO_OVERRIDES": json.dumps(preset.ppo), "RLHF_RM_OVERRIDES": json.dumps(preset.rm),
            "RLHF_GATE_EVAL_PROMPTS": "12", "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
-           "RLHF_MAX_MODEL_LEN": "1024", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+           "RLHF_MAX_MODEL_LEN": "1024", "RLHF_TORCH_THREADS": os.environ.get("RLHF_TORCH_THREADS", "1"), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "TOKENIZERS_PARALLELISM": "false"}
     console.print(f"[bold]rlhf demo[/] model={model} out={out} preset={asdict(preset)}")
     rounds: list[dict] = []

@@ -20,7 +20,7 @@ class RMConfig:
     heldout_fraction: float = 0.1     # share of pairs held out for accuracy when eval_pairs is not given
     min_heldout_pairs: int = 10       # below this many pairs no held-out split is made (all pairs train)
     max_grad_norm: float = 1.0        # gradient clipping (global L2 norm)
-    trainable_layers: Optional[int] = None  # train only the top N transformer blocks (+ head); None = all. CPU speed knob
+    trainable_layers: Optional[int] = 6  # train only the top N blocks (+ final norm, scalar head); None = all. CPU knob
     eval_batch_size: int = 16         # sequences per forward when scoring
     seed: int = 0                     # seeds shuffling, the held-out split and the head initialisation
     num_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
@@ -37,7 +37,8 @@ class PPOConfig:
     ppo_epochs: int = 2               # passes over each rollout batch
     lr: float = 1e-5                  # AdamW learning rate for policy + value head
     max_grad_norm: float = 1.0        # gradient clipping (global L2 norm)
-    trainable_layers: Optional[int] = None  # train only the top N transformer blocks (+ final norm); None = all
+    trainable_layers: Optional[int] = 6  # train only the top N blocks (+ final norm); None = all. On SmolLM2
+                                         # (30 blocks) 6 cut update time 2.6x and peak RSS 4.7->2.7 GB (bench/)
     seed: int = 0                     # seeds prompt order, sampling and value-head init
     num_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
     show_progress_bar: bool = True    # tqdm bar on stderr

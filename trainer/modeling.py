@@ -89,11 +89,11 @@ def freeze_lower_layers(backbone, trainable_layers: int | None) -> None:
     """Train only the top `trainable_layers` blocks and the final norm: embeddings (and so a tied LM
     head, as in SmolLM2) and the lower blocks stay frozen, so backward stops early — the CPU speed
     knob. An untied LM head lives outside the backbone and keeps training."""
-    if trainable_layers is None:
-        return
     layers = backbone.layers
-    if not 0 < trainable_layers <= len(layers):
-        raise ValueError(f"trainable_layers must be in 1..{len(layers)}")
+    if trainable_layers is None or trainable_layers >= len(layers):
+        return  # nothing to freeze (a tiny model with fewer blocks than the default trains fully)
+    if trainable_layers < 1:
+        raise ValueError("trainable_layers must be >= 1 (or None for all)")
     for p in backbone.parameters():
         p.requires_grad_(False)
     for layer in layers[len(layers) - trainable_layers:]:

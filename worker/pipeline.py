@@ -82,6 +82,9 @@ def run_pipeline(settings: Settings, run_id: str, reason: str = "scheduled",
     from trainer.reward_model import train_reward_model
     from worker.gate import run_gate
 
+    if settings.torch_threads > 0:
+        import torch
+        torch.set_num_threads(settings.torch_threads)
     client = ops.client(settings)
     reg = ops.registry(settings)
     status = StatusWriter(client, run_id, reason)

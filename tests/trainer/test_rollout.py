@@ -58,3 +58,10 @@ def test_freeze_lower_layers(tiny_model_dir):
     # top block + final norm train; the (untied) LM head is outside the backbone and trains too
     assert any(n.startswith("model.layers.1.") for n in trainable) and "model.norm.weight" in trainable
     assert all(n.startswith(("model.layers.1.", "model.norm", "lm_head")) for n in trainable), trainable
+
+
+def test_freeze_all_or_too_many_layers_trains_everything(tiny_model_dir):
+    for n in (None, 2, 6):
+        model = load_causal_lm(tiny_model_dir)
+        freeze_lower_layers(model.get_decoder(), n)
+        assert all(p.requires_grad for p in model.parameters())
