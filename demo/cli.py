@@ -23,17 +23,19 @@ class Preset:
     round_timeout_s: float = 2400  # a hang guard, not a budget: slow machines just take longer
 
 
-# CPU budgets for 2 cores and SmolLM2-135M: PPO trains only the top blocks (trainable_layers),
-# answers are short, and each round's feedback is just enough to trip the retrain trigger.
+# CPU budgets for 2 cores and SmolLM2-135M: RM and PPO train only the top 6 blocks (the
+# trainer's default), and each round's feedback is just enough to trip the retrain trigger.
 PRESETS = {
-    "quick": Preset(rounds=1, interactions_per_round=32, max_tokens=40, n_users=12, concurrency=4,
-                    eval_prompts=12, ppo={"steps": 4, "batch_size": 8, "mini_batch_size": 4,
-                                          "max_new_tokens": 40, "trainable_layers": 4},
-                    rm={"epochs": 1, "batch_size": 8, "trainable_layers": 4}, round_timeout_s=1800),
-    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=48, n_users=16, concurrency=4,
-                      eval_prompts=24, ppo={"steps": 12, "batch_size": 8, "mini_batch_size": 4,
-                                            "max_new_tokens": 48, "trainable_layers": 6},
-                      rm={"epochs": 2, "batch_size": 8, "trainable_layers": 6}),
+    "quick": Preset(rounds=1, interactions_per_round=32, max_tokens=64, n_users=12, concurrency=4,
+                    eval_prompts=12, ppo={"steps": 3, "batch_size": 8, "mini_batch_size": 4,
+                                          "max_new_tokens": 40, "lr": 3e-5},
+                    rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}, round_timeout_s=1800),
+    # Users get up to 64 tokens (answers' natural lengths vary, so clicks carry signal); PPO
+    # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty.
+    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=4,
+                      eval_prompts=24, ppo={"steps": 6, "batch_size": 8, "mini_batch_size": 4,
+                                            "max_new_tokens": 48, "lr": 3e-5},
+                      rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}),
 }
 
 
