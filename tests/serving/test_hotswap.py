@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 
 import httpx
@@ -15,6 +14,7 @@ from common.events import StoredAnswer
 from common.keys import KEYS
 from common.registry import ModelRegistry
 from common.tiny_model import build_tiny_model
+from tests.helpers.load import ChatLoad
 from tests.helpers.server import running_server
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -58,39 +58,6 @@ def wait_version(srv, version, timeout=30.0):
                          f"{srv.health()}\n{srv.log_tail()}")
 
 
-class Hammer:
-    """Clients sending requests in a loop; counts successes and failures."""
-
-    def __init__(self, srv, n_threads=4):
-        self.srv, self.ok, self.failures, self.stop = srv, 0, [], threading.Event()
-        self.versions: set[str] = set()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n_threads)]
-
-    def _run(self):
-        with httpx.Client(timeout=60) as c:
-            while not self.stop.is_set():
-                try:
-                    res = c.post(self.srv.v1 + "/chat/completions", json={
-                        "model": "policy", "messages": PROMPT, "max_tokens": 4})
-                    if res.status_code == 200:
-                        self.ok += 1
-                        self.versions.add(res.json()["model_version"])
-                    else:
-                        self.failures.append(res.status_code)
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-
-
 def test_hot_swap_and_back_under_load(swap_server, redis_server, tmp_path):
     import redis
     srv, registry = swap_server
@@ -100,7 +67,7 @@ def test_hot_swap_and_back_under_load(swap_server, redis_server, tmp_path):
     v1 = registry.publish(build_tiny_model(tmp_path / "seed1", seed=1),
                           {"parent": "v0", "note": "test"})
 
-    with Hammer(srv) as hammer:
+    with ChatLoad(srv.url, clients=4, headers=srv.headers()) as hammer:
         time.sleep(1.0)
         deploy(r, registry, v1)
         wait_version(srv, v1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 
 import httpx
@@ -24,6 +23,7 @@ from common.keys import KEYS
 from common.registry import ModelRegistry
 from common.settings import Settings
 from demo.stack import Stack, free_port
+from tests.helpers.load import ChatLoad
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin-secret"
@@ -104,46 +104,13 @@ def _wait_pipeline(live, run_id: str, timeout: float = 900) -> dict:
     raise AssertionError(f"pipeline {run_id} did not finish; status={ops.pipeline_status(live['settings'])}")
 
 
-class Hammer:
-    """Clients sending chat requests non-stop; records every failure and every version seen."""
-
-    def __init__(self, url: str, threads: int = 3):
-        self.url, self.stop, self.failures, self.versions, self.ok = url, threading.Event(), [], [], 0
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self):
-        with httpx.Client(timeout=60) as h:
-            while not self.stop.is_set():
-                try:
-                    r = h.post(self.url + "/v1/chat/completions", json={
-                        "model": "policy", "max_tokens": 4,
-                        "messages": [{"role": "user", "content": "ping"}]})
-                    if r.status_code != 200:
-                        self.failures.append(f"{r.status_code} {r.text[:200]}")
-                    else:
-                        self.ok += 1
-                        self.versions.append(r.json()["model_version"])
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-
-
 def test_feedback_to_new_version_under_load_then_rollback(live):
     settings = live["settings"]
     assert _served(live) == "v0"
     v0_greedy = _greedy(live)
     assert _give_feedback(live) == 2 * len(PROMPTS)
 
-    with Hammer(live["url"]) as hammer:
+    with ChatLoad(live["url"], clients=3) as hammer:
         run_id = ops.request_retrain(settings, reason="test")
         result = _wait_pipeline(live, run_id)
         assert result["state"] == "succeeded", result

@@ -1,0 +1,58 @@
+"""Chat clients that send requests non-stop while something else happens (a hot-swap).
+
+Records every request as (start, end, version or "error", status), so tests can assert zero
+failures and benches can measure time-to-first-answer from a new version.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+
+class ChatLoad:
+    def __init__(self, base_url: str, clients: int = 3, max_tokens: int = 4,
+                 temperature: float | None = None, headers: dict | None = None):
+        self.base_url, self.max_tokens, self.temperature = base_url.rstrip("/"), max_tokens, temperature
+        self.headers = headers or {}
+        self.records: list[tuple[float, float, str, int]] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.records if r[3] == 200)
+
+    @property
+    def versions(self) -> set[str]:
+        return {r[2] for r in self.records if r[3] == 200}
+
+    def _run(self, i: int) -> None:
+        body = {"model": "policy", "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": f"Say something about the number {i}."}]}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        with httpx.Client(timeout=120, headers=self.headers) as h:
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    r = h.post(self.base_url + "/v1/chat/completions", json=body)
+                    version = r.json().get("model_version", "?") if r.status_code == 200 else "error"
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                    self.records.append((t0, time.perf_counter(), version, r.status_code))
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    self.records.append((t0, time.perf_counter(), "error", 0))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
