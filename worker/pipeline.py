@@ -76,18 +76,28 @@ def _overrides(cls, raw: str):
 
 def run_pipeline(settings: Settings, run_id: str, reason: str = "scheduled",
                  force: bool = False) -> dict:
+    if settings.torch_threads > 0:
+        import torch
+        torch.set_num_threads(settings.torch_threads)
+    client = ops.client(settings)
+    status = StatusWriter(client, run_id, reason)
+    try:
+        return _run_steps(settings, run_id, reason, force, client, status)
+    except Exception as exc:
+        # Recorded in the history too, so `rlhf status` and the demo see the failure at once.
+        status.finish("failed", error=repr(exc)[:2000])
+        raise
+
+
+def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
+               client: redis.Redis, status: StatusWriter) -> dict:
     from trainer.config import PPOConfig, RMConfig
     from trainer.data import write_jsonl
     from trainer.ppo import run_ppo
     from trainer.reward_model import train_reward_model
     from worker.gate import run_gate
 
-    if settings.torch_threads > 0:
-        import torch
-        torch.set_num_threads(settings.torch_threads)
-    client = ops.client(settings)
     reg = ops.registry(settings)
-    status = StatusWriter(client, run_id, reason)
     removed = reg.cleanup_partial()  # temp folders of publishes that died midway
     served = reg.current()
     if served is None:

@@ -32,11 +32,6 @@ def retrain(self, run_id: str | None = None, reason: str = "operator", force: bo
         return {"run_id": run_id, "state": "skipped", "error": "another pipeline is running"}
     try:
         result = run_pipeline(settings, run_id, reason=reason, force=force)
-    except Exception as exc:
-        # The status hash still says 'running' at the failed step: record the failure.
-        client.hset(KEYS.pipeline_status, mapping={"state": "failed", "error": repr(exc)[:2000],
-                                                    "finished": time.time()})
-        raise
     finally:
         lock.release()
     log.info("pipeline %s: %s", run_id, result.get("state"))

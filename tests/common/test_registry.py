@@ -1,4 +1,3 @@
-
 import pytest
 
 from common.registry import ModelRegistry, RegistryError, UnknownVersion
