@@ -86,12 +86,20 @@ def main() -> None:
                             break
                         time.sleep(0.01)
                     first = min((e for s, e, v, _ in load.records if v == target and s >= t_deploy), default=None)
-                    swaps.append({"to": target, "deploy_to_first_answer_s":
+                    swaps.append({"to": target, "t_deploy": t_deploy, "t_first": first,
+                                  "deploy_to_first_answer_s":
                                   None if first is None else round(first - t_deploy, 3)})
                     time.sleep(args.settle)
             recs = load.records
-    # latency over the whole run, swaps included
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    # A request is "during a swap" if it overlaps [deploy, first answer of the new version].
+    windows = [(w["t_deploy"], w["t_first"] or w["t_deploy"]) for w in swaps]
+    during = [e - s for s, e, _, st in recs if st == 200 and any(s <= b and e >= a for a, b in windows)]
+    outside = [e - s for s, e, _, st in recs if st == 200 and not any(s <= b and e >= a for a, b in windows)]
     lat_all = [e - s for s, e, _, st in recs if st == 200]
+    for w in swaps:
+        w.pop("t_deploy"), w.pop("t_first")
     failures = [r for r in recs if r[3] != 200]
     ttfa = [s["deploy_to_first_answer_s"] for s in swaps if s["deploy_to_first_answer_s"] is not None]
     result = {
@@ -101,6 +109,10 @@ def main() -> None:
         "deploy_to_first_answer_s": {"mean": round(sum(ttfa) / len(ttfa), 3) if ttfa else None,
                                      "max": max(ttfa) if ttfa else None},
         "requests": len(recs), "failed_requests": len(failures),
+        "latency_p99_ms_outside_swaps": round(1000 * percentile(outside, 99), 1),
+        "latency_p99_ms_during_swaps": round(1000 * percentile(during, 99), 1) if during else None,
+        "p99_bump_during_swap": (round(percentile(during, 99) / percentile(outside, 99), 3)
+                                 if during and outside else None),
         "latency_ms": {"p50": round(1000 * percentile(lat_all, 50), 1),
                        "p99": round(1000 * percentile(lat_all, 99), 1),
                        "max": round(1000 * max(lat_all), 1) if lat_all else None},

@@ -125,7 +125,8 @@ def run_hf_loop(policy, rm_dir, args) -> dict:
     eos_ids = set([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])) | {eos}
 
     def forward(model, ids, mask, q_len, with_values):
-        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=with_values)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions as generate saw them
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=with_values)
         logits = out.logits[:, q_len - 1:-1]            # predicts response tokens
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, q_len:, None]).squeeze(-1)
         values = vhead(out.hidden_states[-1][:, q_len - 1:-1]).squeeze(-1) if with_values else None

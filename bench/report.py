@@ -131,9 +131,9 @@ def ingest(t: Table) -> None:
         cpu = ours.get("cpu_cores_used", {})
         api = sum(v for k, v in cpu.items() if k.split(":", 1)[1].startswith("rlhf"))
         rds = sum(v for k, v in cpu.items() if "redis" in k)
-        why = (f"HTTP + FastAPI + validation in one Python process ({api:.2f} cores) vs "
-               f"{rds:.2f} cores in Redis: the API process, not Redis, is the limit"
-               + _load_note(d))
+        why = (f"per event, HTTP parsing + FastAPI + validation run in one Python process "
+               f"({api:.2f} cores used) while Redis used {rds:.2f} cores: the API process, not "
+               f"Redis, is the bottleneck; load client and server share the 2 cores" + _load_note(d))
         cfg = f"c={ours['concurrency']}" + (f", {ours['events_per_request']}/req"
                                             if ours["events_per_request"] > 1 else "")
         ev_goal = target.get("events_per_s")
