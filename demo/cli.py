@@ -158,7 +158,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
             rounds.append(asdict(res))
         dump(rounds, out / "rounds.json")
         loop_s = time.time() - started
-        _drop_namespace(settings)
+    _drop_namespace(settings)  # after the stack is down: beat can no longer enqueue into it
     # Evaluation runs after the stack is down: it needs the CPU the server and workers held.
     registry = ModelRegistry(settings.models_dir)
     with console.status("scoring every version on held-out prompts ...") as st:

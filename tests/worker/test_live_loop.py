@@ -104,14 +104,30 @@ def _wait_pipeline(live, run_id: str, timeout: float = 900) -> dict:
     raise AssertionError(f"pipeline {run_id} did not finish; status={ops.pipeline_status(live['settings'])}")
 
 
+def _wait_step(live, run_id: str, steps: tuple[str, ...], timeout: float = 900) -> None:
+    r = ops.client(live["settings"])
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = r.hgetall(KEYS.pipeline_status)
+        if st.get("run_id") == run_id and st.get("step") in steps:
+            return
+        if st.get("run_id") == run_id and st.get("state") not in (None, "running"):
+            raise AssertionError(f"pipeline ended before {steps}: {st}")
+        time.sleep(0.05)
+    raise AssertionError(f"pipeline never reached {steps}")
+
+
 def test_feedback_to_new_version_under_load_then_rollback(live):
     settings = live["settings"]
     assert _served(live) == "v0"
     v0_greedy = _greedy(live)
     assert _give_feedback(live) == 2 * len(PROMPTS)
 
+    run_id = ops.request_retrain(settings, reason="test")
+    # Clients hammer the server from the gate step on: the swap happens at deploy, right
+    # after; hammering through training too would only starve training of CPU.
+    _wait_step(live, run_id, ("gate", "publish", "deploy"))
     with ChatLoad(live["url"], clients=3) as hammer:
-        run_id = ops.request_retrain(settings, reason="test")
         result = _wait_pipeline(live, run_id)
         assert result["state"] == "succeeded", result
         assert result["version"] == "v1"
