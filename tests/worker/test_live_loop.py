@@ -44,6 +44,7 @@ def live(redis_server, tiny_model_dir, tmp_path_factory):
         "RLHF_GATE_MIN_RM_GAIN": "-1e9", "RLHF_GATE_MAX_KL": "1e9", "RLHF_GATE_EVAL_PROMPTS": "4",
         "RLHF_GATE_MAX_NEW_TOKENS": "12", "RLHF_PIPELINE_LOCK_TTL_S": "10",
         "RLHF_RETRAIN_MIN_EVENTS": "100000", "VLLM_CPU_KVCACHE_SPACE": "1",
+        "RLHF_TORCH_THREADS": "1",  # the server shares 2 cores with training: no OpenMP fight
     }
     stack = Stack(tmp_path_factory.mktemp("logs"), env)
     try:
