@@ -116,7 +116,6 @@ class Engine:
         self._known_digests: dict[str, dict[str, str]] = {}
         self._known_probes: dict[str, str] = {}
         self._comparable: list[str] = []
-        self._checkpoint_ids: dict[str, str] = {}  # folder -> checkpoint_id()
 
     @classmethod
     async def start(cls, settings: Settings, version: str, path: str) -> "Engine":
@@ -134,7 +133,6 @@ class Engine:
             # file (CPU GEMMs repack linear weights, fused layers get new names).
             engine._comparable = sorted(n for n, d in on_disk.items() if live.get(n) == d)
             engine._known_digests[version] = live
-            engine._checkpoint_ids[path] = await asyncio.to_thread(checkpoint_id, path)
         except Exception as exc:  # verification is best effort, serving is not
             log.warning("weight checksums unavailable: %s", exc)
         return engine
@@ -245,9 +243,6 @@ class Engine:
             old_version, old_path = self.version, self.path
             self.swapping = True
             try:
-                # hashed before the pause: the files are immutable, serving goes on meanwhile
-                self._checkpoint_ids[str(path)] = await asyncio.to_thread(checkpoint_id,
-                                                                          str(path))
                 async with self._gate.write():
                     return await self._swap_locked(version, str(path), old_version, old_path, t0)
             finally:
@@ -279,18 +274,6 @@ class Engine:
             self.last_swap = SwapReport(version, str(path), False,
                                         time.perf_counter() - t0, error=error)
             raise SwapError(error) from exc
-
-
-def checkpoint_id(path: str) -> str:
-    """sha256 over the folder's safetensors files (name + bytes): tells whether two folders
-    hold different weights, so a reload that left the old ones in place can be caught."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*.safetensors")):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _check_same_architecture(old: str, new: str) -> None:
