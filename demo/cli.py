@@ -181,7 +181,8 @@ def _drop_namespace(settings) -> None:
     from common import ops
     from common.keys import KEYS
     r = ops.client(settings)
-    for pattern in (f"{KEYS.prefix}:*", f"{KEYS.prefix}.*"):
+    # our keys, our Celery queues, and kombu's bindings of those queues
+    for pattern in (f"{KEYS.prefix}:*", f"{KEYS.prefix}.*", f"_kombu.binding*.{KEYS.prefix}.*"):
         keys = list(r.scan_iter(match=pattern, count=1000))
         for i in range(0, len(keys), 500):
             r.delete(*keys[i:i + 500])

@@ -38,7 +38,7 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # no process of the demo survives it, and its Redis namespace is gone
     assert _processes_with_env_value(str(out)) == []
-    assert not list(redis.Redis.from_url(redis_url).scan_iter(match="demo*"))
+    assert not list(redis.Redis.from_url(redis_url).scan_iter(match="*demo1*"))
 
 
 def _processes_with_env_value(fragment: str) -> list[int]:
