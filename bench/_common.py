@@ -165,3 +165,19 @@ def run_load(host: str, port: int, requests: list[bytes], concurrency: int,
 
     elapsed = uvloop.run(main())
     return lat, errors, elapsed
+
+
+# One prompt set per kind of bench, so ours and the anchor always see the same inputs.
+CHAT_PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
+           "Explain why the sky is blue.", "Give me three tips for a job interview.",
+           "Summarise the plot of a detective story in two sentences.",
+           "What is the weather like in spring?", "Say hello in five languages.",
+           "How do I boil an egg?"]
+
+PPO_QUESTIONS = ["What is the capital of France?", "Give me a tip for learning Python.",
+             "Write a haiku about the sea.", "Why is the sky blue?", "How do I boil an egg?",
+             "Name three primary colours.", "What is 12 times 7?", "Suggest a name for a cat.",
+             "Explain gravity to a child.", "What should I pack for a beach trip?",
+             "How many legs does a spider have?", "Translate 'good morning' to Spanish.",
+             "What is a prime number?", "Recommend a board game.", "What does a CPU do?",
+             "Describe autumn in one sentence."]

@@ -21,14 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (cpu_seconds_by_process, group_pids, machine_facts,  # noqa: E402
+from _common import (CHAT_PROMPTS, cpu_seconds_by_process, group_pids, machine_facts,  # noqa: E402
                      percentile, private_redis, write_result)
 
-PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
-           "Explain why the sky is blue.", "Give me three tips for a job interview.",
-           "Summarise the plot of a detective story in two sentences.",
-           "What is the weather like in spring?", "Say hello in five languages.",
-           "How do I boil an egg?"]
+PROMPTS = CHAT_PROMPTS
 
 
 async def _client(url, headers, max_tokens, stop_at, out):

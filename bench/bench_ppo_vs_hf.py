@@ -32,15 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine_facts, write_result  # noqa: E402
+from _common import PPO_QUESTIONS, REPO, machine_facts, write_result  # noqa: E402
 
-QUESTIONS = ["What is the capital of France?", "Give me a tip for learning Python.",
-             "Write a haiku about the sea.", "Why is the sky blue?", "How do I boil an egg?",
-             "Name three primary colours.", "What is 12 times 7?", "Suggest a name for a cat.",
-             "Explain gravity to a child.", "What should I pack for a beach trip?",
-             "How many legs does a spider have?", "Translate 'good morning' to Spanish.",
-             "What is a prime number?", "Recommend a board game.", "What does a CPU do?",
-             "Describe autumn in one sentence."]
+QUESTIONS = PPO_QUESTIONS
 
 
 def batches(args):

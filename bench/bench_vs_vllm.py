@@ -34,14 +34,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, cpu_seconds_by_process, group_pids, machine_facts,  # noqa: E402
-                     percentile, private_redis, write_result)
+from _common import (CHAT_PROMPTS, REPO, cpu_seconds_by_process, group_pids,  # noqa: E402
+                     machine_facts, percentile, private_redis, write_result)
 
-PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
-           "Explain why the sky is blue.", "Give me three tips for a job interview.",
-           "Summarise the plot of a detective story in two sentences.",
-           "What is the weather like in spring?", "Say hello in five languages.",
-           "How do I boil an egg?"]
+PROMPTS = CHAT_PROMPTS
 ENGINE = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
           "max_num_seqs": 64, "enable_prefix_caching": True, "max_model_len": 1024,
           "served_model_name": "policy"}
