@@ -89,19 +89,11 @@ class Stack:
     def stop(self, name: str | None = None, timeout: float = 20.0) -> None:
         """Stop one process (by name) or all, newest first: SIGTERM to the group, then SIGKILL."""
         targets = [(n, p) for n, p in reversed(self.procs) if name in (None, n)]
-        for _, proc in targets:
-            _signal_group(proc, signal.SIGTERM)
+        for _, proc in targets:  # all groups get SIGTERM first, so they shut down in parallel
+            signal_group(proc, signal.SIGTERM)
         deadline = time.time() + timeout
         for _, proc in targets:
-            try:
-                proc.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc, signal.SIGKILL)  # the group may still hold children
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            stop_process_group(proc, grace_s=max(0.1, deadline - time.time()))
         self.procs = [(n, p) for n, p in self.procs if (n, p) not in targets]
 
     def __enter__(self):
@@ -111,8 +103,23 @@ class Stack:
         self.stop()
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM the process's group, wait up to `grace_s`, then SIGKILL whatever is left of
+    the group (children outlive a leader that already exited)."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
         pass

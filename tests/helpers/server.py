@@ -8,10 +8,7 @@ group gets SIGTERM, then SIGKILL if it lingers, so no test leaves an orphan behi
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from demo.stack import free_port, stop_process_group  # noqa: F401  (re-exported for tests)
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rlhf_executable() -> str:
@@ -59,29 +52,6 @@ class RunningServer:
 
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=10).json()
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    if proc.poll() is not None:
-        _kill_group(proc.pid, signal.SIGKILL)  # children of a dead leader
-        return
-    _kill_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill_group(proc.pid, signal.SIGKILL)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @contextmanager
