@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     torch_threads: int = 0
     """torch threads for training/gating in the worker; 0 = torch's default (all cores). On a
     small machine shared with the server, 1 avoids OpenMP oversubscription (10x slowdowns seen)."""
+    rm_replay_ratio: float = 1.0
+    """A warm-started RM trains on this run's new feedback plus this many old examples per new
+    one (sampled from earlier rounds, against forgetting); < 0 = always the whole history. Keeps
+    RM time flat per round instead of growing with all feedback ever collected."""
     rm_overrides: str = "{}"
     """JSON object of RMConfig fields to override (e.g. '{"epochs": 2}')."""
     ppo_overrides: str = "{}"

@@ -207,12 +207,16 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     reference = [conversation_text(tokenizer, p.messages, a) for p in train_pairs for a in (p.chosen, p.rejected)]
     reference += [conversation_text(tokenizer, r.messages, r.answer) for r in rated]
     ref_scores = _score_texts(model, tokenizer, reference, config)
+    # chosen/rejected alternate at the front of `reference`: train accuracy without another pass
+    n_pair_texts = 2 * len(train_pairs)
+    train_accuracy = (pm.pairwise_accuracy(ref_scores[0:n_pair_texts:2], ref_scores[1:n_pair_texts:2])
+                      if train_pairs else None)
     mean = ref_scores.mean().item()
     std = ref_scores.std(unbiased=False).item() if len(ref_scores) > 1 else 1.0
     last = history[-min(len(history), steps_per_epoch):]
     metrics = {
         "heldout_accuracy": _pair_accuracy(model, tokenizer, heldout, config),
-        "train_accuracy": _pair_accuracy(model, tokenizer, train_pairs, config),
+        "train_accuracy": train_accuracy,
         "reward_mean": mean, "reward_std": max(std, 1e-6),
         "final_loss": sum(h["loss"] for h in last) / len(last),
         "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),

@@ -9,7 +9,10 @@ Rules (each counted in `stats`, so a run says what it dropped and why):
 - thumbs: per answer the majority label; within one prompt every up-answer x down-answer
   becomes an extra pair; thumbs not used in a pair stay pointwise;
 - prompts are split by hash into train and held-out (gate) sets, so the gate never scores
-  prompts PPO trained on.
+  prompts PPO trained on;
+- examples that involve an answer voted on in this run's own snapshot (`is_new`) are listed in
+  `new_pairs` / `new_rated` as well, so a warm-started RM can train on them plus a replay sample
+  instead of the whole history every round.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class TrainingSets:
     train_prompts: list[PromptItem] = field(default_factory=list)
     heldout_prompts: list[PromptItem] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
+    new_pairs: list[PreferencePair] = field(default_factory=list)   # subset of `pairs`
+    new_rated: list[RatedAnswer] = field(default_factory=list)      # subset of `rated`
 
 
 def _messages(answer: dict) -> list[dict]:
@@ -44,7 +49,8 @@ def is_heldout(prompt_key: str, fraction: float) -> bool:
 
 def build_training_sets(records: list[dict], known_versions: set[str],
                         max_rater_share: float = 0.25, heldout_fraction: float = 0.2,
-                        min_rater_cap: int = 10) -> TrainingSets:
+                        min_rater_cap: int = 10, is_new=None) -> TrainingSets:
+    """`is_new(record) -> bool` marks this run's own feedback (default: none is new)."""
     out = TrainingSets()
     st = out.stats
     # 1. latest vote per (rater, target) wins; stream ids order events within Redis
@@ -81,19 +87,23 @@ def build_training_sets(records: list[dict], known_versions: set[str],
     st["votes_used"] = len(capped)
 
     # 4. turn votes into examples
-    pairs: list[tuple[str, PreferencePair]] = []
+    pairs: list[tuple[str, PreferencePair, bool]] = []
     thumbs: dict[str, Counter] = defaultdict(Counter)   # response_id -> up/down counts
     answer_by_id: dict[str, dict] = {}
+    new_ids: set[str] = set()  # answers voted on by this run's own feedback
     for rec in capped:
         ev = rec["event"]
         answer_by_id.update(rec["answers"])
+        if is_new is not None and is_new(rec):
+            new_ids.update(rec["answers"])
         if ev["kind"] == "thumb":
             thumbs[ev["response_id"]][ev["rating"]] += 1
             continue
         a, b = (rec["answers"][r] for r in ev["response_ids"])
         if ev["choice"] in ("a", "b"):
             chosen, rejected = (a, b) if ev["choice"] == "a" else (b, a)
-            pairs.append((a["prompt_key"], PreferencePair(_messages(a), chosen["text"], rejected["text"])))
+            pairs.append((a["prompt_key"], PreferencePair(_messages(a), chosen["text"], rejected["text"]),
+                          bool(set(ev["response_ids"]) & new_ids)))
         elif ev["choice"] == "tie":
             st["ties_skipped"] += 1
         else:  # both_bad
@@ -113,21 +123,29 @@ def build_training_sets(records: list[dict], known_versions: set[str],
         ups, downs = groups["up"], groups["down"]
         for u in ups:
             for d in downs:
-                pairs.append((pkey, PreferencePair(_messages(u), u["text"], d["text"])))
+                pairs.append((pkey, PreferencePair(_messages(u), u["text"], d["text"]),
+                              u["response_id"] in new_ids or d["response_id"] in new_ids))
                 st["pairs_from_thumbs"] += 1
         if not (ups and downs):
             for ans, label in [(x, "up") for x in ups] + [(x, "down") for x in downs]:
                 out.rated.append(RatedAnswer(_messages(ans), ans["text"], label))
+                if ans["response_id"] in new_ids:
+                    out.new_rated.append(out.rated[-1])
 
     # 5. dedupe identical pairs, split train / held-out by prompt
     seen = set()
-    for pkey, pair in pairs:
+    for pkey, pair, new in pairs:
         sig = (pkey, pair.chosen, pair.rejected)
         if sig in seen or pair.chosen == pair.rejected:
             st["pairs_deduped"] += 1
             continue
         seen.add(sig)
-        (out.eval_pairs if is_heldout(pkey, heldout_fraction) else out.pairs).append(pair)
+        if is_heldout(pkey, heldout_fraction):
+            out.eval_pairs.append(pair)
+        else:
+            out.pairs.append(pair)
+            if new:
+                out.new_pairs.append(pair)
 
     prompts = {}
     for ans in answer_by_id.values():
@@ -137,5 +155,6 @@ def build_training_sets(records: list[dict], known_versions: set[str],
         target = out.heldout_prompts if is_heldout(pkey, heldout_fraction) else out.train_prompts
         target.append(PromptItem(msgs))
     st.update(pairs=len(out.pairs), eval_pairs=len(out.eval_pairs), rated=len(out.rated),
+              new_pairs=len(out.new_pairs), new_rated=len(out.new_rated),
               train_prompts=len(out.train_prompts), heldout_prompts=len(out.heldout_prompts))
     return out

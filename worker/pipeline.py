@@ -6,6 +6,7 @@ goes to one Redis hash (`rlhf status`, /admin/status and the demo read it).
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -117,7 +118,8 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
 
     status.step("datasets", new_events=snap.events)
     sets = build_training_sets(load_snapshots(settings.snapshots_dir), set(reg.versions()),
-                               settings.max_rater_share, settings.heldout_fraction)
+                               settings.max_rater_share, settings.heldout_fraction,
+                               is_new=lambda rec: rec.get("snapshot", "").startswith(f"{run_id}-"))
     stats = dict(sets.stats)
     status.fields["data"] = stats
     if not sets.pairs and not sets.rated:
@@ -136,8 +138,10 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     if warm is not None and not warm.exists():
         warm = None
     rm_work = work / "reward_model"
+    rm_pairs, rm_rated = rm_training_data(sets, warm is not None, settings.rm_replay_ratio, run_id)
+    stats.update(rm_pairs=len(rm_pairs), rm_rated=len(rm_rated))
     rm_metrics = train_reward_model(
-        sets.pairs, sets.rated, served_dir, rm_work, config=_overrides(RMConfig, settings.rm_overrides),
+        rm_pairs, rm_rated, served_dir, rm_work, config=_overrides(RMConfig, settings.rm_overrides),
         warm_start=warm, eval_pairs=sets.eval_pairs or None, progress=status.progress)
     rm_dir = rm_root / f"rm-{run_id}"
     rm_root.mkdir(parents=True, exist_ok=True)
@@ -174,6 +178,20 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     deployed = ops.wait_for_replicas(settings, version, timeout=120)
     shutil.rmtree(work, ignore_errors=True)
     return status.finish("succeeded", version=version, replicas_confirmed=deployed)
+
+
+def rm_training_data(sets, warm_start: bool, replay_ratio: float, seed: str):
+    """What the RM trains on this run: everything for a fresh RM; for one warm-started from the
+    previous RM, this run's new examples plus `replay_ratio` old ones per new one."""
+    if not warm_start or replay_ratio < 0 or not (sets.new_pairs or sets.new_rated):
+        return sets.pairs, sets.rated
+    rng = random.Random(seed)
+
+    def mix(new: list, every: list) -> list:
+        fresh = {id(x) for x in new}
+        old = [x for x in every if id(x) not in fresh]
+        return new + rng.sample(old, min(len(old), int(round(replay_ratio * len(new)))))
+    return mix(sets.new_pairs, sets.pairs), mix(sets.new_rated, sets.rated)
 
 
 def _scalars(metrics: dict) -> dict:

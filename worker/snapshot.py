@@ -99,7 +99,11 @@ def take_snapshot(client: redis.Redis, out_dir: Path, name: str) -> Snapshot:
 
 
 def load_snapshots(snap_dir: Path) -> list[dict]:
-    """All snapshot records ever taken, each event once (a re-run may have re-read some)."""
+    """All snapshot records ever taken, each event once (a re-run may have re-read some).
+
+    Each record carries `snapshot`, the name of the file it came from: files are named
+    `{run_id}-{k}.jsonl`, so a run can tell its own (new) feedback from older rounds'.
+    """
     seen: set[str] = set()
     records = []
     for path in sorted(Path(snap_dir).glob("*.jsonl")):
@@ -110,5 +114,6 @@ def load_snapshots(snap_dir: Path) -> list[dict]:
             eid = rec["event"]["event_id"]
             if eid not in seen:
                 seen.add(eid)
+                rec["snapshot"] = path.name
                 records.append(rec)
     return records

@@ -76,3 +76,27 @@ def test_heldout_split_is_by_prompt_and_deterministic():
     assert [p.messages for p in s1.heldout_prompts] == [p.messages for p in s2.heldout_prompts]
     train = {p.messages[0]["content"] for p in s1.train_prompts}
     assert not train & {p.messages[0]["content"] for p in s1.heldout_prompts}
+
+
+def test_new_feedback_is_marked_and_rm_replays_a_sample_of_the_old():
+    from worker.pipeline import rm_training_data
+    old = [rec(i, "comparison", f"u{i}", [answer(f"o{i}a", f"p{i}", f"long old {i}"),
+                                          answer(f"o{i}b", f"p{i}", f"old {i}")], choice="b")
+           for i in range(6)]
+    new = [rec(10 + i, "comparison", f"n{i}", [answer(f"n{i}a", f"q{i}", f"new {i}"),
+                                               answer(f"n{i}b", f"q{i}", f"long new {i}")], choice="a")
+           for i in range(2)]
+    for r in old:
+        r["snapshot"] = "run1-0.jsonl"
+    for r in new:
+        r["snapshot"] = "run2-0.jsonl"
+    sets = build_training_sets(old + new, {"v0"}, heldout_fraction=0.0, max_rater_share=1.0,
+                               is_new=lambda r: r["snapshot"].startswith("run2-"))
+    assert sorted(p.chosen for p in sets.new_pairs) == ["new 0", "new 1"]
+    assert len(sets.pairs) == 8 and sets.stats["new_pairs"] == 2
+    # warm start: the 2 new pairs + 1.0 x 2 old ones; a fresh RM (no warm start) sees everything
+    pairs, _ = rm_training_data(sets, warm_start=True, replay_ratio=1.0, seed="run2")
+    assert len(pairs) == 4 and {p.chosen for p in pairs[:2]} == {"new 0", "new 1"}
+    assert all(p.chosen.startswith("old") for p in pairs[2:])
+    assert rm_training_data(sets, warm_start=False, replay_ratio=1.0, seed="run2")[0] == sets.pairs
+    assert rm_training_data(sets, warm_start=True, replay_ratio=-1, seed="run2")[0] == sets.pairs
