@@ -31,11 +31,12 @@ PRESETS = {
                                           "max_new_tokens": 40, "lr": 3e-5},
                     rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}, round_timeout_s=1800),
     # Users get up to 64 tokens (answers' natural lengths vary, so clicks carry signal); PPO
-    # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty. lr 1e-4: at 3e-5
-    # a round moved the policy only 0.1-0.4 nats of KL (target 6) and 3 rounds reached 67%.
+    # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty. Measured: lr 3e-5
+    # with β 0.05 moved too little (3 rounds: KL 1.6, 67%); lr 1e-4 collapsed to ~9-word answers
+    # by round 2 (KL 7.8, 62%, RM hacked); so a middle lr and a firmer KL leash.
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=4,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
-                                            "max_new_tokens": 48, "lr": 1e-4},
+                                            "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
                       rm={"epochs": 2, "batch_size": 8, "lr": 5e-5}),
 }
 
