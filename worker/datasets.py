@@ -94,7 +94,8 @@ def build_training_sets(records: list[dict], known_versions: set[str],
     for rec in capped:
         ev = rec["event"]
         answer_by_id.update(rec["answers"])
-        if is_new is not None and is_new(rec):
+        rec_new = is_new is not None and is_new(rec)
+        if rec_new:
             new_ids.update(rec["answers"])
         if ev["kind"] == "thumb":
             thumbs[ev["response_id"]][ev["rating"]] += 1
@@ -103,7 +104,7 @@ def build_training_sets(records: list[dict], known_versions: set[str],
         if ev["choice"] in ("a", "b"):
             chosen, rejected = (a, b) if ev["choice"] == "a" else (b, a)
             pairs.append((a["prompt_key"], PreferencePair(_messages(a), chosen["text"], rejected["text"]),
-                          bool(set(ev["response_ids"]) & new_ids)))
+                          rec_new))
         elif ev["choice"] == "tie":
             st["ties_skipped"] += 1
         else:  # both_bad

@@ -119,7 +119,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     status.step("datasets", new_events=snap.events)
     sets = build_training_sets(load_snapshots(settings.snapshots_dir), set(reg.versions()),
                                settings.max_rater_share, settings.heldout_fraction,
-                               is_new=lambda rec: rec.get("snapshot", "").startswith(f"{run_id}-"))
+                               is_new=lambda rec: rec.get("snapshot_run") == run_id)
     stats = dict(sets.stats)
     status.fields["data"] = stats
     if not sets.pairs and not sets.rated:

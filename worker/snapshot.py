@@ -101,8 +101,8 @@ def take_snapshot(client: redis.Redis, out_dir: Path, name: str) -> Snapshot:
 def load_snapshots(snap_dir: Path) -> list[dict]:
     """All snapshot records ever taken, each event once (a re-run may have re-read some).
 
-    Each record carries `snapshot`, the name of the file it came from: files are named
-    `{run_id}-{k}.jsonl`, so a run can tell its own (new) feedback from older rounds'.
+    Each record carries `snapshot_run`, the run that took it (files are named
+    `{run_id}-{k}.jsonl` by take_snapshot), so a run can tell its own feedback from older rounds'.
     """
     seen: set[str] = set()
     records = []
@@ -114,6 +114,6 @@ def load_snapshots(snap_dir: Path) -> list[dict]:
             eid = rec["event"]["event_id"]
             if eid not in seen:
                 seen.add(eid)
-                rec["snapshot"] = path.name
+                rec["snapshot_run"] = path.stem.rsplit("-", 1)[0]
                 records.append(rec)
     return records

@@ -87,11 +87,11 @@ def test_new_feedback_is_marked_and_rm_replays_a_sample_of_the_old():
                                                answer(f"n{i}b", f"q{i}", f"long new {i}")], choice="a")
            for i in range(2)]
     for r in old:
-        r["snapshot"] = "run1-0.jsonl"
+        r["snapshot_run"] = "run1"
     for r in new:
-        r["snapshot"] = "run2-0.jsonl"
+        r["snapshot_run"] = "run2"
     sets = build_training_sets(old + new, {"v0"}, heldout_fraction=0.0, max_rater_share=1.0,
-                               is_new=lambda r: r["snapshot"].startswith("run2-"))
+                               is_new=lambda r: r["snapshot_run"] == "run2")
     assert sorted(p.chosen for p in sets.new_pairs) == ["new 0", "new 1"]
     assert len(sets.pairs) == 8 and sets.stats["new_pairs"] == 2
     # warm start: the 2 new pairs + 1.0 x 2 old ones; a fresh RM (no warm start) sees everything

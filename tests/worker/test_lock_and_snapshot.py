@@ -63,4 +63,6 @@ def test_snapshot_joins_persists_then_acks_and_recovers_pending(redis_url, tmp_p
     assert take_snapshot(r, tmp_path, "run2").events == 0
     r.xadd(KEYS.feedback_stream, _event(9, "r1").to_stream_fields())
     assert take_snapshot(r, tmp_path, "run2").events == 1
-    assert len(load_snapshots(tmp_path)) == 4
+    recs = load_snapshots(tmp_path)
+    assert len(recs) == 4
+    assert [x["snapshot_run"] for x in recs] == ["run1", "run1", "run1", "run2"]
