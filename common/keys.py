@@ -75,6 +75,14 @@ class Keys:
     def last_snapshot_total(self) -> str:
         return f"{self.prefix}:pipeline:last_total"
 
+    @property
+    def pipeline_last_run(self) -> str:
+        return f"{self.prefix}:pipeline:last_run"
+
+    @property
+    def pipeline_queued(self) -> str:
+        return f"{self.prefix}:pipeline:queued"
+
 
     @property
     def training_queue(self) -> str:

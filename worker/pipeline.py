@@ -112,7 +112,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     total_before = int(client.hget(KEYS.feedback_counts, "total") or 0)
     snap = take_snapshot(client, settings.snapshots_dir, run_id)
     client.set(KEYS.last_snapshot_total, total_before)
-    client.set(f"{KEYS.prefix}:pipeline:last_run", time.time())
+    client.set(KEYS.pipeline_last_run, time.time())
     if snap.events == 0 and not force:
         return status.finish("skipped", error="no new feedback since the last run")
 

@@ -12,7 +12,6 @@ from worker.celery_app import app
 from worker.lock import LockHeld, RenewingLock
 
 log = logging.getLogger(__name__)
-QUEUED_FLAG = f"{KEYS.prefix}:pipeline:queued"
 
 
 @app.task(name="worker.tasks.retrain", bind=True)
@@ -22,7 +21,7 @@ def retrain(self, run_id: str | None = None, reason: str = "operator", force: bo
     settings = Settings()
     client = ops.client(settings)
     run_id = run_id or self.request.id or uuid.uuid4().hex
-    client.delete(QUEUED_FLAG)
+    client.delete(KEYS.pipeline_queued)
     # The run id is the lock token: a redelivered copy of this same run may take it over.
     lock = RenewingLock(client, KEYS.pipeline_lock, settings.pipeline_lock_ttl_s, token=run_id)
     try:
@@ -49,14 +48,14 @@ def maybe_retrain() -> str:
     new_events = total - int(r.get(KEYS.last_snapshot_total) or 0)
     # No run yet: the clock starts at the first check, so a fresh deployment does not retrain
     # on its very first event (the event-count trigger still applies).
-    r.set(f"{KEYS.prefix}:pipeline:last_run", time.time(), nx=True)
-    last_run = float(r.get(f"{KEYS.prefix}:pipeline:last_run"))
+    r.set(KEYS.pipeline_last_run, time.time(), nx=True)
+    last_run = float(r.get(KEYS.pipeline_last_run))
     due_time = new_events > 0 and time.time() - last_run >= settings.retrain_every_minutes * 60
     due_count = new_events >= settings.retrain_min_events
     if not (due_time or due_count):
         return f"idle ({new_events} new events)"
     # One queued pipeline at most: the flag lives until the task starts (or 10 min).
-    if not r.set(QUEUED_FLAG, "1", nx=True, ex=600):
+    if not r.set(KEYS.pipeline_queued, "1", nx=True, ex=600):
         return "already queued"
     run_id = ops.request_retrain(settings, reason="new feedback" if due_count else "schedule",
                                  force=False)

@@ -4,7 +4,7 @@ import time
 import redis
 
 from common.keys import KEYS
-from worker.tasks import QUEUED_FLAG, maybe_retrain
+from worker.tasks import maybe_retrain
 
 
 def test_trigger_on_new_events_queues_one_run_only(rlhf_env, monkeypatch):
@@ -12,7 +12,7 @@ def test_trigger_on_new_events_queues_one_run_only(rlhf_env, monkeypatch):
     monkeypatch.setenv("RLHF_RETRAIN_EVERY_MINUTES", "1000")
     r = redis.Redis.from_url(rlhf_env["RLHF_REDIS_URL"], decode_responses=True)
     r.hset(KEYS.feedback_counts, "total", 4)
-    r.set(f"{KEYS.prefix}:pipeline:last_run", time.time())
+    r.set(KEYS.pipeline_last_run, time.time())
     assert maybe_retrain().startswith("idle (4 new events)")
     r.hset(KEYS.feedback_counts, "total", 5)
     assert maybe_retrain().startswith("queued run-")
@@ -34,11 +34,11 @@ def test_trigger_on_time_needs_new_events_and_respects_the_lock(rlhf_env, monkey
     monkeypatch.setenv("RLHF_RETRAIN_MIN_EVENTS", "1000")
     monkeypatch.setenv("RLHF_RETRAIN_EVERY_MINUTES", "0.001")
     r = redis.Redis.from_url(rlhf_env["RLHF_REDIS_URL"], decode_responses=True)
-    r.set(f"{KEYS.prefix}:pipeline:last_run", time.time() - 10)
+    r.set(KEYS.pipeline_last_run, time.time() - 10)
     assert maybe_retrain().startswith("idle (0 new")   # nothing new: no empty retrain
     r.hset(KEYS.feedback_counts, "total", 1)
     r.set(KEYS.pipeline_lock, "someone")
     assert maybe_retrain() == "running"
     r.delete(KEYS.pipeline_lock)
     assert maybe_retrain().startswith("queued")
-    r.delete(QUEUED_FLAG)
+    r.delete(KEYS.pipeline_queued)
