@@ -66,6 +66,7 @@ def run_variant(policy: str, rm_dir: str, args, trainable_layers: int | None) ->
     import torch
     from trainer.config import PPOConfig
     from trainer.modeling import prompt_token_ids
+    from trainer.policy_base import PolicyJob
     from trainer.ppo import PPOTrainer
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,7 +75,7 @@ def run_variant(policy: str, rm_dir: str, args, trainable_layers: int | None) ->
                        trainable_layers=trainable_layers, num_threads=args.threads, show_progress_bar=False)
     load_before = os.getloadavg()[0]
     started = time.time()
-    trainer = PPOTrainer(policy, rm_dir, config)
+    trainer = PPOTrainer(PolicyJob(Path(policy), Path(policy), Path("unused"), reward_model_dir=Path(rm_dir)), config)
     load_seconds = time.time() - started
     steps = []
     for i in range(args.steps):

@@ -68,6 +68,7 @@ def run_ours(policy, rm_dir, args) -> dict:
     import torch
 
     from trainer.config import PPOConfig
+    from trainer.policy_base import PolicyJob
     from trainer.ppo import PPOTrainer
     from trainer.rollout import HFGenerator
     torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def run_ours(policy, rm_dir, args) -> dict:
     cfg = PPOConfig(batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
                     ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
                     trainable_layers=args.layers, num_threads=args.threads, show_progress_bar=False)
-    trainer = PPOTrainer(policy, rm_dir, cfg)
+    trainer = PPOTrainer(PolicyJob(Path(policy), Path(policy), Path("unused"), reward_model_dir=Path(rm_dir)), cfg)
     steps = []
     for msgs in batches(args):
         s = trainer.step(msgs)

@@ -6,6 +6,10 @@ Layout under ``settings.models_dir``::
     v3/rlhf_version.json  metadata: parent, data snapshot, metrics, gate result
     CURRENT               the served version id (file = truth; survives a Redis restart)
     deploys.jsonl         append-only history of deploy/rollback decisions
+    gc.jsonl              append-only record of versions removed by ``collect_garbage``
+
+The same class holds every kind of artifact (policies ``v*``, reward models ``rm*``, critics
+``critic*``): the prefix picks the id family, so one kind never sees or reuses another's ids.
 
 Why folders are immutable and names never reused: vLLM's reload can return stale weights if a
 path is rewritten in place (vLLM issue #32718), and rollback must give back exact old outputs.
@@ -19,10 +23,9 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 METADATA_FILE = "rlhf_version.json"
-_VERSION_RE = re.compile(r"^v(\d+)$")
 
 
 class RegistryError(Exception):
@@ -34,13 +37,23 @@ class UnknownVersion(RegistryError):
 
 
 class ModelRegistry:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, prefix: str = "v"):
+        if not prefix or prefix[-1].isdigit():
+            # a trailing digit would make "v1" + "2" and "v" + "12" the same name
+            raise ValueError(f"bad version prefix {prefix!r}")
         self.root = Path(root)
+        self.prefix = prefix
+        p = re.escape(prefix)
+        self._version_re = re.compile(rf"^{p}(\d+)$")
+        # Temp folders count too (see _next_number); the digits must end the id part so that a
+        # prefix "v" never claims a neighbour's name such as "v1x".
+        self._claimed_re = re.compile(rf"^\.?(?:tmp-)?{p}(\d+)(?:-|$)")
+        self._temp_re = re.compile(rf"^\.tmp-{p}\d+-")
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ---- reading ----------------------------------------------------------------------
     def path(self, version: str) -> Path:
-        if not _VERSION_RE.match(version or ""):
+        if not self._version_re.match(version or ""):
             raise UnknownVersion(f"not a version id: {version!r}")
         p = self.root / version
         if not (p / METADATA_FILE).exists():
@@ -61,10 +74,15 @@ class ModelRegistry:
         """Published versions, oldest first (temp folders of unfinished publishes are skipped)."""
         found = []
         for p in self.root.iterdir():
-            m = _VERSION_RE.match(p.name)
+            m = self._version_re.match(p.name)
             if m and (p / METADATA_FILE).exists():
                 found.append((int(m.group(1)), p.name))
         return [name for _, name in sorted(found)]
+
+    def latest(self) -> str | None:
+        """Newest published version, or None when nothing is published yet."""
+        found = self.versions()
+        return found[-1] if found else None
 
     def current(self) -> str | None:
         f = self.root / "CURRENT"
@@ -82,13 +100,33 @@ class ModelRegistry:
         # a version folder was removed by hand.
         nums = [-1]
         for p in self.root.iterdir():
-            m = re.match(r"^\.?(?:tmp-)?v(\d+)", p.name)
+            m = self._claimed_re.match(p.name)
             if m:
                 nums.append(int(m.group(1)))
-        ledger = self.root / "ledger.txt"
-        if ledger.exists():
-            nums += [int(x) for x in ledger.read_text().split() if x.isdigit()]
+        nums += self._ledger_numbers()
         return max(nums) + 1
+
+    # The ledger keeps bare numbers for the default "v" prefix (the format older ledgers
+    # already have) and full ids for other prefixes, so kinds sharing a root stay apart.
+    def _ledger_entry(self, n: int) -> str:
+        return str(n) if self.prefix == "v" else f"{self.prefix}{n}"
+
+    def _ledger_numbers(self) -> set[int]:
+        ledger = self.root / "ledger.txt"
+        if not ledger.exists():
+            return set()
+        nums = set()
+        for token in ledger.read_text().split():
+            m = self._version_re.match(token)
+            if m:
+                nums.add(int(m.group(1)))
+            elif self.prefix == "v" and token.isdigit():
+                nums.add(int(token))
+        return nums
+
+    def _record_number(self, n: int) -> None:
+        with open(self.root / "ledger.txt", "a") as f:
+            f.write(f"{self._ledger_entry(n)}\n")
 
     def publish(self, src_dir: str | Path, metadata: dict[str, Any] | None = None,
                 move: bool = False) -> str:
@@ -102,8 +140,8 @@ class ModelRegistry:
             raise RegistryError(f"{src} is not a model folder (no config.json)")
         for _ in range(100):
             n = self._next_number()
-            version = f"v{n}"
-            tmp = self.root / f".tmp-v{n}-{uuid.uuid4().hex[:8]}"
+            version = f"{self.prefix}{n}"
+            tmp = self.root / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
             if move:
                 shutil.move(str(src), tmp)
             else:
@@ -121,8 +159,7 @@ class ModelRegistry:
                 else:
                     shutil.rmtree(tmp, ignore_errors=True)
                 continue
-            with open(self.root / "ledger.txt", "a") as f:
-                f.write(f"{n}\n")
+            self._record_number(n)
             _fsync_dir(self.root)
             return version
         raise RegistryError("could not allocate a version id")
@@ -153,13 +190,47 @@ class ModelRegistry:
         raise RegistryError("nothing to roll back to")
 
     def cleanup_partial(self) -> list[str]:
-        """Remove temp folders left by publishes that died midway; returns their names."""
+        """Remove temp folders left by publishes (or GC deletions) that died midway; returns
+        their names. Only this prefix's temp folders: another kind sharing the root may be
+        publishing right now."""
         removed = []
         for p in self.root.iterdir():
-            if p.name.startswith(".tmp-"):
+            if self._temp_re.match(p.name):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
+
+    def collect_garbage(self, keep_last: int, protected: set[str],
+                        deletable: Callable[[dict[str, Any]], bool],
+                        reason: str = "gc") -> list[str]:
+        """Delete published versions that ``deletable(metadata)`` accepts, except CURRENT, the
+        ``protected`` ids and the newest ``keep_last`` versions (< 0 keeps everything).
+
+        Returns the deleted ids, oldest first; each deletion is one line in ``gc.jsonl``.
+        Deleted ids are never handed out again: the ledger remembers every number.
+        """
+        if keep_last < 0:
+            return []
+        found = self.versions()
+        newest = set(found[max(0, len(found) - keep_last):]) if keep_last else set()
+        spared = set(protected) | newest | {self.current()}
+        deleted = []
+        for version in found:
+            if version in spared or not deletable(self.metadata(version)):
+                continue
+            n = int(self._version_re.match(version).group(1))
+            if n not in self._ledger_numbers():  # folder placed by hand: pin its number first
+                self._record_number(n)
+            # Rename first: the version leaves versions() atomically, and a crash during the
+            # rmtree leaves a temp folder for cleanup_partial, never a half-deleted version.
+            doomed = self.root / f".tmp-{version}-gc{uuid.uuid4().hex[:8]}"
+            os.rename(self.root / version, doomed)
+            with open(self.root / "gc.jsonl", "a") as f:
+                f.write(json.dumps({"id": version, "time": time.time(),
+                                    "reason": reason}) + "\n")
+            shutil.rmtree(doomed, ignore_errors=True)
+            deleted.append(version)
+        return deleted
 
 
 def _copy_tree_linked(src: Path, dst: Path) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import typing
 from dataclasses import fields
+from pathlib import Path
 
 
 def add_commands(sub) -> None:
@@ -22,8 +23,22 @@ def add_commands(sub) -> None:
     _common(p)
     p.set_defaults(handler=_train_rm)
 
+    p = sub.add_parser("train-policy", help="train a policy with one algorithm (ppo, rloo, dpo, online_dpo, kto)")
+    p.add_argument("--algorithm", required=True, help="ppo | rloo | dpo | online_dpo | kto")
+    p.add_argument("--policy", required=True, help="policy HF folder to start from")
+    p.add_argument("--reference", help="KL anchor folder (default: --policy)")
+    p.add_argument("--reward-model", help="folder written by train-rm (ppo, rloo, online_dpo)")
+    p.add_argument("--critic", help="critic folder of a previous PPO run (default: from the RM)")
+    p.add_argument("--prompts", help="JSONL of PromptItem records (ppo, rloo, online_dpo)")
+    p.add_argument("--pairs", help="JSONL of PreferencePair records (dpo; kto with use_pairs)")
+    p.add_argument("--rated", help="JSONL of RatedAnswer records (kto)")
+    p.add_argument("--out", required=True, help="new folder for the policy (must not exist or be empty)")
+    _common(p)
+    p.set_defaults(handler=_train_policy)
+
     p = sub.add_parser("ppo", help="run PPO on a policy against a reward model")
-    p.add_argument("--policy", required=True, help="policy HF folder (also the frozen reference)")
+    p.add_argument("--policy", required=True, help="policy HF folder to start from")
+    p.add_argument("--reference", help="KL anchor folder (default: --policy)")
     p.add_argument("--reward-model", required=True, help="folder written by train-rm")
     p.add_argument("--prompts", required=True, help="JSONL of PromptItem records")
     p.add_argument("--eval-prompts", help="JSONL of PromptItem records scored (greedy) before/after")
@@ -92,9 +107,27 @@ def _train_rm(args) -> int:
 def _ppo(args) -> int:
     from trainer.config import PPOConfig
     from trainer.data import read_prompts
+    from trainer.policy_base import PolicyJob
     from trainer.ppo import run_ppo
-    result = run_ppo(args.policy, args.reward_model, read_prompts(args.prompts), args.out,
-                     build_config(PPOConfig, args),
+    job = PolicyJob(Path(args.policy), Path(args.reference or args.policy), Path(args.out),
+                    prompts=read_prompts(args.prompts), reward_model_dir=Path(args.reward_model))
+    result = run_ppo(job, build_config(PPOConfig, args),
                      eval_prompts=read_prompts(args.eval_prompts) if args.eval_prompts else None)
-    print(json.dumps(result))
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _train_policy(args) -> int:
+    from trainer import algorithms
+    from trainer.data import read_pairs, read_prompts, read_rated
+    from trainer.policy_base import PolicyJob
+    algo = algorithms.get(args.algorithm)
+    path = lambda x: Path(x) if x else None  # noqa: E731
+    job = PolicyJob(Path(args.policy), Path(args.reference or args.policy), Path(args.out),
+                    prompts=read_prompts(args.prompts) if args.prompts else [],
+                    pairs=read_pairs(args.pairs) if args.pairs else [],
+                    rated=read_rated(args.rated) if args.rated else [],
+                    reward_model_dir=path(args.reward_model), critic_dir=path(args.critic))
+    result = algorithms.train_policy(args.algorithm, job, build_config(algo.config_class, args))
+    print(json.dumps(result, default=str))
     return 0

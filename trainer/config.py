@@ -1,6 +1,8 @@
-"""All trainer hyper-parameters, one dataclass per stage, defaults sized for a 135M model on 2 CPU cores.
+"""All trainer hyper-parameters, one dataclass per stage/algorithm (TRL style), defaults sized for a
+135M model on 2 CPU cores.
 
-Every field has a comment saying what it does; `asdict(config)` is stored next to each checkpoint.
+Every field has a comment saying what it does; `asdict(config)` is stored next to each checkpoint
+and in the version metadata. The policy algorithms share `PolicyConfig`; each adds its own fields.
 """
 from __future__ import annotations
 
@@ -25,29 +27,44 @@ class RMConfig:
     seed: int = 0                     # seeds shuffling, the held-out split and the head initialisation
     num_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
     show_progress_bar: bool = True    # tqdm bar on stderr
+    device: str = "auto"              # "auto" = cuda (bf16 autocast) if present, else cpu (fp32)
 
 
 @dataclass
-class PPOConfig:
-    """PPO with actor, frozen reference, value head (critic) and a reward model (Ziegler et al. / TRL style)."""
+class PolicyConfig:
+    """Fields every policy algorithm shares. The reference of every algorithm is the deployment's
+    anchor version (not the served parent), so KL is bounded across rounds, not per round."""
+    lr: float = 1e-5                  # AdamW learning rate of the policy
+    max_grad_norm: float = 1.0        # gradient clipping of the policy (global L2 norm)
+    trainable_layers: Optional[int] = 6  # train only the top N blocks (+ final norm); None = all. On SmolLM2
+                                         # (30 blocks) 6 cut update time 2.6x and peak RSS 4.7->2.7 GB (bench/)
+    seed: int = 0                     # seeds data order, sampling and any head initialisation
+    num_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
+    show_progress_bar: bool = True    # tqdm bar on stderr
+    device: str = "auto"              # "auto" = cuda (bf16 autocast) if present, else cpu (fp32)
+    max_new_tokens: int = 48          # sampled answer length cap; answers cut here get missing_eos_penalty
+    max_prompt_tokens: int = 256      # templated prompt is left-truncated to this many tokens
+    max_answer_tokens: int = 128      # offline answers (DPO/KTO data) are cut to this many tokens
+    temperature: float = 1.0          # sampling temperature (log-probs are computed at the same temperature)
+    top_k: int = 0                    # 0 = off; policy-gradient theory wants the full distribution
+    top_p: float = 1.0                # nucleus sampling; 1.0 = off
+    init_kl_coef: float = 0.05        # β at the start of a deployment's first run (later runs resume the
+                                      # parent version's β when the controller is adaptive)
+
+
+@dataclass
+class PPOConfig(PolicyConfig):
+    """PPO with actor, frozen anchor reference, a critic initialised from the reward model and kept
+    across runs, and a reward model (Ziegler et al. / OpenRLHF style)."""
     # --- schedule ---
     steps: int = 8                    # PPO steps; each step = one rollout batch + ppo_epochs of updates
     batch_size: int = 8               # prompts rolled out per step (one response each)
     mini_batch_size: int = 4          # rollouts per optimizer step inside an epoch
     ppo_epochs: int = 2               # passes over each rollout batch
-    lr: float = 1e-5                  # AdamW learning rate for policy + value head
-    max_grad_norm: float = 1.0        # gradient clipping (global L2 norm)
-    trainable_layers: Optional[int] = 6  # train only the top N blocks (+ final norm); None = all. On SmolLM2
-                                         # (30 blocks) 6 cut update time 2.6x and peak RSS 4.7->2.7 GB (bench/)
-    seed: int = 0                     # seeds prompt order, sampling and value-head init
-    num_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
-    show_progress_bar: bool = True    # tqdm bar on stderr
-    # --- rollouts ---
-    max_new_tokens: int = 48          # response length cap; answers cut here get missing_eos_penalty
-    max_prompt_tokens: int = 256      # templated prompt is left-truncated to this many tokens
-    temperature: float = 1.0          # sampling temperature (log-probs are computed at the same temperature)
-    top_k: int = 0                    # 0 = off; PPO theory wants the full distribution, so keep 0 / top_p 1
-    top_p: float = 1.0                # nucleus sampling; 1.0 = off
+    # --- critic (a separate model: backbone + scalar head, from the RM on the first run) ---
+    critic_lr: float = 5e-5           # AdamW learning rate of the critic (critics learn faster than actors)
+    critic_max_grad_norm: float = 1.0  # the critic's own gradient clipping, apart from the policy's
+    critic_trainable_layers: Optional[int] = 2  # top N critic blocks trained (+ head); None = all
     # --- rewards ---
     normalise_reward: bool = True     # use the RM's stored mean/std: (r - mean) / std
     reward_clip: float = 5.0          # clip the (normalised) score to [-reward_clip, reward_clip]
@@ -56,8 +73,9 @@ class PPOConfig:
     kl_estimator: Literal["k1", "k3"] = "k1"  # per-token estimator folded into rewards: k1 = logp - logp_ref; k3 = (r - 1) - log r, r = p_ref/p
     init_kl_coef: float = 0.05        # β at the start; per-token reward -= β * kl_t
     adaptive_kl: bool = True          # adapt β towards kl_target (Ziegler et al. 2019); False = fixed β
-    kl_target: float = 6.0            # target per-sequence KL (nats) for the adaptive controller
-    kl_horizon: int = 10000           # controller horizon in samples; smaller = faster β changes
+    kl_target: float = 3.0            # target per-sequence KL to the anchor (nats) for the adaptive controller
+    kl_horizon: Optional[int] = None  # controller horizon in samples; None = this run's sample count, so β
+                                      # can move up to ±20% within one run (TRL's 10,000 never moved it)
     # --- advantage / losses ---
     gamma: float = 1.0                # discount in GAE
     lam: float = 0.95                 # GAE λ
@@ -66,3 +84,60 @@ class PPOConfig:
     cliprange_value: float = 0.2      # value clip: V stays within ±this of its rollout-time value
     vf_coef: float = 0.1              # weight of the value loss
     entropy_coef: float = 0.0         # entropy bonus weight (0 = off; entropy is still logged)
+
+
+@dataclass
+class RLOOConfig(PolicyConfig):
+    """REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024): k answers per prompt scored by
+    the RM; each answer's advantage is its KL-penalised reward minus the mean of the other k-1."""
+    steps: int = 8                    # optimizer steps; each = one rollout of batch_size prompts x k answers
+    batch_size: int = 8               # prompts per step
+    k: int = 2                        # answers sampled per prompt (>= 2: the baseline needs the others)
+    micro_batch_size: int = 8         # answers per forward/backward (gradient accumulation; memory knob)
+    normalise_reward: bool = True     # use the RM's stored mean/std: (r - mean) / std
+    reward_clip: float = 5.0          # clip the (normalised) score to [-reward_clip, reward_clip]
+    missing_eos_penalty: float = 1.0  # subtracted from the score of answers cut off without EOS
+    adaptive_kl: bool = True          # adapt β towards kl_target (Ziegler et al. 2019); False = fixed β
+    kl_target: float = 3.0            # target per-sequence KL to the anchor (nats)
+    kl_horizon: Optional[int] = None  # None = this run's sample count (β moves within one run)
+
+
+@dataclass
+class DPOConfig(PolicyConfig):
+    """Direct preference optimisation (Rafailov et al. 2023) on the human pairs (comparisons and the
+    pairs derived from thumbs), reference = anchor. Needs no reward model."""
+    lr: float = 5e-6
+    beta: float = 0.1                 # strength of the implicit KL constraint (higher = stays closer to anchor)
+    label_smoothing: float = 0.0      # assumed share of flipped labels (conservative DPO); 0 = plain DPO
+    epochs: int = 2                   # passes over the pairs
+    batch_size: int = 8               # pairs per optimizer step
+    micro_batch_size: int = 8         # pairs per forward/backward (gradient accumulation)
+    max_pairs: Optional[int] = 512    # newest pairs used per run (older ones were learned by earlier runs)
+
+
+@dataclass
+class OnlineDPOConfig(PolicyConfig):
+    """Online DPO (Guo et al. 2024): each step samples 2 answers per prompt from the *current* policy,
+    the RM labels the better one, and a DPO step is taken against the anchor."""
+    lr: float = 5e-6
+    beta: float = 0.1                 # DPO β
+    steps: int = 8                    # optimizer steps (each with fresh samples)
+    batch_size: int = 8               # prompts per step (2 answers each)
+    micro_batch_size: int = 8         # pairs per forward/backward
+    missing_eos_penalty: float = 1.0  # RM score penalty for cut-off answers before labelling
+    min_score_gap: float = 0.0        # skip pairs whose normalised RM scores differ by less (RM unsure)
+
+
+@dataclass
+class KTOConfig(PolicyConfig):
+    """Kahneman–Tversky optimisation (Ethayarajh et al. 2024) from thumbs: desirable (up) and
+    undesirable (down) answers, reference = anchor. Needs no reward model and no pairs."""
+    lr: float = 5e-6
+    beta: float = 0.1                 # KTO β
+    desirable_ratio: float = 1.0      # λ_D·n_D / (λ_U·n_U); the paper recommends [1, 4/3]
+    use_pairs: bool = True            # also use comparisons: chosen -> desirable, rejected -> undesirable
+    epochs: int = 2                   # passes over the rated answers
+    batch_size: int = 8               # answers per optimizer step (>= 2: the KL reference point
+                                      # pairs each answer with another prompt of the batch)
+    micro_batch_size: int = 8         # answers per forward/backward
+    max_examples: Optional[int] = 1024  # newest examples used per run

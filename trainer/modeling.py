@@ -27,11 +27,15 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
-def load_causal_lm(model_dir: str | Path):
-    """fp32 causal LM in eval mode (no dropout, so rollout and update log-probs agree)."""
+def load_causal_lm(model_dir: str | Path, device: torch.device | str = "cpu"):
+    """fp32 causal LM on `device`, in eval mode (no dropout, so rollout and update log-probs agree)."""
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    return model.eval()
+    return model.to(device).eval()
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -108,8 +112,11 @@ def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                     response_len: int) -> torch.Tensor:
     """Hidden states that predict the last `response_len` tokens of [left-padded prompt | response].
 
-    Position i predicts token i+1, so the slice is [-response_len-1 : -1] (B, R, H).
+    Position i predicts token i+1, so the slice is [-response_len-1 : -1] (B, R, H). Inputs are
+    moved to the model's device (padding helpers build them on the CPU).
     """
+    device = model_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     return out.last_hidden_state[:, -response_len - 1:-1]

@@ -1,43 +1,30 @@
-"""PPO over a chat policy: actor + value head (critic), frozen reference, reward model.
+"""PPO over a chat policy: actor, critic (from the RM, carried across runs), frozen anchor
+reference, reward model.
 
 One step = roll out a batch of prompts, score it (RM, normalised and clipped, EOS penalty), fold the
-per-token KL to the reference into the rewards, GAE + whitening, then `ppo_epochs` passes of
-clipped-surrogate + clipped-value updates over minibatches. The maths lives in `ppo_math`.
+per-token KL to the anchor into the rewards, GAE + whitening, then `ppo_epochs` passes of
+clipped-surrogate updates of the actor and clipped-value updates of the critic over minibatches,
+each with its own optimiser and clip norm. The maths lives in `ppo_math`.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from trainer import ppo_math as pm
 from trainer.config import PPOConfig
+from trainer.critic import Critic
 from trainer.data import PromptLike, prompt_messages
-from trainer.modeling import (eos_token_ids, freeze_lower_layers, fresh_output_dir, left_pad,
-                              load_causal_lm, load_tokenizer, prompt_token_ids, publish,
-                              response_hidden, right_pad, set_threads)
+from trainer.device import autocast
+from trainer.modeling import left_pad, prompt_token_ids, response_hidden, right_pad
+from trainer.policy_base import PolicyJob, PolicyRun, Progress, prompt_cycle
 from trainer.reward_model import RewardModel
 from trainer.rollout import HFGenerator, RolloutGenerator, SamplingSettings
 
-Progress = Callable[[str, int, int, dict], None]
-
-
-class ValueHead(torch.nn.Module):
-    """Critic: a linear read-out of the actor's last hidden state (shared backbone, as in TRL)."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.normal_(self.linear.weight, std=1e-2)  # start near V = 0
-        torch.nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden).squeeze(-1)
 
 
 @dataclass
@@ -53,11 +40,11 @@ class Rollout:
     returns: torch.Tensor          # (B, R)
 
 
-def actor_critic_forward(actor, value_head, input_ids, attention_mask, response_ids, temperature):
-    """Response-token logits (at the sampling temperature), log-probs and values in one pass."""
+def actor_forward(actor, input_ids, attention_mask, response_ids, temperature):
+    """Response-token logits (at the sampling temperature) and log-probs."""
     hidden = response_hidden(actor, input_ids, attention_mask, response_ids.shape[1])
     logits = actor.get_output_embeddings()(hidden) / temperature
-    return logits, pm.logprobs_from_logits(logits, response_ids), value_head(hidden)
+    return logits, pm.logprobs_from_logits(logits, response_ids)
 
 
 @torch.no_grad()
@@ -66,27 +53,33 @@ def reference_logprobs(reference, input_ids, attention_mask, response_ids, tempe
     return pm.logprobs_from_logits(reference.get_output_embeddings()(hidden) / temperature, response_ids)
 
 
-class PPOTrainer:
+class PPOTrainer(PolicyRun):
     """Holds the models (loaded once) and runs steps; `run_ppo` is the one-call entry point."""
 
-    def __init__(self, policy_dir, reward_model_dir, config: PPOConfig,
-                 generator: RolloutGenerator | None = None):
-        self.config = config
-        self.tokenizer = load_tokenizer(policy_dir)
-        self.actor = load_causal_lm(policy_dir)
-        self.reference = load_causal_lm(policy_dir).requires_grad_(False)
-        self.reward_model = RewardModel.load(reward_model_dir)
-        freeze_lower_layers(self.actor.get_decoder(), config.trainable_layers)
-        self.value_head = ValueHead(self.actor.config.hidden_size)
-        self.params = [p for p in self.actor.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
-        self.kl_ctl = (pm.AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
-                       if config.adaptive_kl else pm.FixedKLController(config.init_kl_coef))
+    def __init__(self, job: PolicyJob, config: PPOConfig, generator: RolloutGenerator | None = None):
+        super().__init__(job, config)
+        if job.reward_model_dir is None:
+            raise ValueError("PPO needs a reward model")
+        self.reward_model = RewardModel.load(job.reward_model_dir, self.device)
+        rm = self.reward_model
+        # The parent's critic when there is one; else the RM, rescaled to normalised scores.
+        self.critic_source = str(job.critic_dir or job.reward_model_dir)
+        self.critic = Critic.load(job.critic_dir or job.reward_model_dir, self.device,
+                                  config.critic_trainable_layers,
+                                  None if job.critic_dir else rm.mean, None if job.critic_dir else rm.std)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.trainable(), lr=config.critic_lr)
+        horizon = config.kl_horizon or config.steps * config.batch_size
+        if job.kl_state and config.adaptive_kl:   # resume the parent's β, this config's target/horizon
+            self.kl_ctl = pm.AdaptiveKLController(job.kl_state["value"], config.kl_target, horizon)
+        elif config.adaptive_kl:
+            self.kl_ctl = pm.AdaptiveKLController(config.init_kl_coef, config.kl_target, horizon)
+        else:
+            self.kl_ctl = pm.FixedKLController(config.init_kl_coef)
+        self.kl_coef_start = self.kl_ctl.value
         self.generator = generator or HFGenerator()
         self.sampling = SamplingSettings(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
-            top_p=config.top_p, eos_token_ids=eos_token_ids(self.actor, self.tokenizer),
-            pad_token_id=self.tokenizer.pad_token_id)
+            top_p=config.top_p, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id)
 
     # ------------------------------------------------------------------ rollout + scoring
     @torch.no_grad()
@@ -96,20 +89,24 @@ class PPOTrainer:
         self.generator.sync_weights(self.actor)
         responses = [r or [self.sampling.eos_token_ids[0]] for r in self.generator.generate(prompts, self.sampling)]
         has_eos = torch.tensor([r[-1] in self.sampling.eos_token_ids for r in responses])
-        prompt_ids, prompt_mask = left_pad(prompts, self.tokenizer.pad_token_id)
-        response_ids, response_mask = right_pad(responses, self.tokenizer.pad_token_id)
-        input_ids = torch.cat([prompt_ids, response_ids], 1)
-        attention_mask = torch.cat([prompt_mask, response_mask], 1)
-        mask = response_mask.float()
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_id)
+        response_ids, response_mask = right_pad(responses, self.pad_id)
+        dev = self.device
+        input_ids = torch.cat([prompt_ids, response_ids], 1).to(dev)
+        attention_mask = torch.cat([prompt_mask, response_mask], 1).to(dev)
+        response_ids, mask, has_eos = response_ids.to(dev), response_mask.float().to(dev), has_eos.to(dev)
 
-        logits, old_logprobs, old_values = actor_critic_forward(
-            self.actor, self.value_head, input_ids, attention_mask, response_ids, cfg.temperature)
-        entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask).item()
-        del logits
-        ref_logprobs = reference_logprobs(self.reference, input_ids, attention_mask, response_ids, cfg.temperature)
+        with autocast(dev):
+            logits, old_logprobs = actor_forward(self.actor, input_ids, attention_mask, response_ids,
+                                                 cfg.temperature)
+            entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask).item()
+            del logits
+            old_values = self.critic(input_ids, attention_mask, response_ids.shape[1]) * mask
+            ref_logprobs = reference_logprobs(self.reference, input_ids, attention_mask, response_ids,
+                                              cfg.temperature)
 
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        raw = torch.tensor(self.reward_model.score(messages, texts))
+        raw = torch.tensor(self.reward_model.score(messages, texts), device=dev)
         rm = self.reward_model
         scores = pm.shape_scores(raw, has_eos, rm.mean, rm.std, cfg.normalise_reward, cfg.reward_clip,
                                  cfg.missing_eos_penalty)
@@ -131,6 +128,8 @@ class PPOTrainer:
             "eos_fraction": has_eos.float().mean().item(),
             "value_mean": pm.masked_mean(old_values, mask).item(),
             "returns_mean": pm.masked_mean(returns, mask).item(),
+            # how much of the return the critic predicted *before* this batch (rollout-time values)
+            "explained_variance": pm.explained_variance(old_values, returns, mask),
         }
         self.kl_ctl.update(seq_kl, len(responses))
         return Rollout(input_ids, attention_mask, response_ids, mask, old_logprobs, old_values,
@@ -144,23 +143,31 @@ class PPOTrainer:
         count = 0
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.mini_batch_size):
+                idx = idx.to(self.device)
                 mb_mask = batch.mask[idx]
-                logits, logprobs, values = actor_critic_forward(
-                    self.actor, self.value_head, batch.input_ids[idx], batch.attention_mask[idx],
-                    batch.response_ids[idx], cfg.temperature)
+                with autocast(self.device):
+                    logits, logprobs = actor_forward(self.actor, batch.input_ids[idx], batch.attention_mask[idx],
+                                                     batch.response_ids[idx], cfg.temperature)
+                    values = self.critic(batch.input_ids[idx], batch.attention_mask[idx],
+                                         batch.response_ids.shape[1])
                 pg_loss, pg_stats = pm.clipped_surrogate_loss(
                     logprobs, batch.old_logprobs[idx], batch.advantages[idx], mb_mask, cfg.cliprange)
                 vf_loss, vf_stats = pm.clipped_value_loss(
                     values, batch.old_values[idx], batch.returns[idx], mb_mask, cfg.cliprange_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
+                loss = pg_loss
                 if cfg.entropy_coef:
                     loss = loss - cfg.entropy_coef * pm.masked_mean(pm.entropy_from_logits(logits), mb_mask)
+                # Separate graphs, optimisers and clip norms: the critic cannot eat the actor's budget.
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                (loss + cfg.vf_coef * vf_loss).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                critic_norm = torch.nn.utils.clip_grad_norm_(self.critic.trainable(), cfg.critic_max_grad_norm)
                 self.optimizer.step()
+                self.critic_optimizer.step()
                 for k, v in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                             "grad_norm": float(grad_norm), **pg_stats, **vf_stats}.items():
+                             "grad_norm": float(grad_norm), "critic_grad_norm": float(critic_norm),
+                             **pg_stats, **vf_stats}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         return {k: v / count for k, v in sums.items()}
@@ -184,84 +191,42 @@ class PPOTrainer:
         scores = self.reward_model.score(messages, texts)
         return sum(scores) / len(scores)
 
-    def save(self, out_dir: Path) -> None:
-        """Policy only (no value head): same architecture, tokenizer, chat template, generation config."""
-        self.actor.save_pretrained(str(out_dir), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(out_dir))
 
+def run_ppo(job: PolicyJob, config: PPOConfig = PPOConfig(), generator: RolloutGenerator | None = None,
+            progress: Progress | None = None, eval_prompts: Sequence[PromptLike] | None = None) -> dict:
+    """Run `config.steps` PPO steps from `job.policy_dir` against the RM and write the new policy.
 
-def _prompt_batches(prompts: list[list[dict]], batch_size: int, steps: int, rng: random.Random):
-    """`steps` batches walking through reshuffled epochs of the prompts."""
-    order: list[list[dict]] = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            fresh = list(prompts)
-            rng.shuffle(fresh)
-            order += fresh
-        yield order[:batch_size]
-        del order[:batch_size]
-
-
-def run_ppo(policy_dir: str | Path, reward_model_dir: str | Path, prompts: Sequence[PromptLike],
-            out_dir: str | Path, config: PPOConfig = PPOConfig(),
-            generator: RolloutGenerator | None = None, progress: Progress | None = None,
-            eval_prompts: Sequence[PromptLike] | None = None) -> dict:
-    """Run `config.steps` PPO steps from `policy_dir` against the RM and write the new policy.
-
-    out_dir receives the HF policy folder, `metrics.jsonl` (one line per step) and `ppo_meta.json`
-    (parent, reward model, config, final metrics). Written under `<out_dir>.partial` and renamed at
-    the end. Returns the metadata's `final` dict.
+    job.out_dir receives the HF policy folder, `critic/` (the trained critic, for the next run),
+    `metrics.jsonl` (one line per step) and `train_meta.json` (parent, anchor, reward model,
+    config, final metrics incl. `kl_state`). Returns the metadata's `final` dict.
     """
     from tqdm.auto import tqdm
-    if not prompts:
+    if not job.prompts:
         raise ValueError("run_ppo needs at least one prompt")
-    set_threads(config.num_threads)
     random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    final_dir, partial = fresh_output_dir(out_dir)
-    started = time.time()
-    trainer = PPOTrainer(policy_dir, reward_model_dir, config, generator)
+    trainer = PPOTrainer(job, config, generator)
     eval_messages = [prompt_messages(p) for p in eval_prompts or []]
-    result: dict = {}
+    result: dict = {"critic_init": trainer.critic_source, "kl_coef_start": trainer.kl_coef_start}
     if eval_messages:
         result["eval_reward_start"] = trainer.eval_reward(eval_messages)
 
     history = []
     bar = tqdm(total=config.steps, desc="ppo", disable=not config.show_progress_bar)
-    batches = _prompt_batches([prompt_messages(p) for p in prompts], config.batch_size, config.steps,
-                              random.Random(config.seed))
-    with (partial / "metrics.jsonl").open("w") as log:
-        for step, messages in enumerate(batches, 1):
-            stats = {"step": step, **trainer.step(messages)}
-            history.append(stats)
-            log.write(json.dumps(stats) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(reward=f"{stats['reward_raw']:.3f}", kl=f"{stats['kl']:.2f}")
-            if progress:
-                progress("ppo", step, config.steps, stats)
+    for step, messages in enumerate(prompt_cycle(job.prompts, config.batch_size, config.steps,
+                                                 random.Random(config.seed)), 1):
+        stats = {"step": step, **trainer.step(messages)}
+        history.append(stats)
+        bar.update(1)
+        bar.set_postfix(reward=f"{stats['reward_raw']:.3f}", kl=f"{stats['kl']:.2f}")
+        if progress:
+            progress("ppo", step, config.steps, stats)
     bar.close()
 
     if eval_messages:
         result["eval_reward_end"] = trainer.eval_reward(eval_messages)
-    non_finite = [n for n, p in trainer.actor.named_parameters() if not torch.isfinite(p).all()]
-    if non_finite:
-        raise FloatingPointError(f"PPO produced non-finite weights: {non_finite[:5]}")
-    trainer.save(partial)
-    tail = history[-max(1, len(history) // 4):]  # last quarter: less noisy than the last step alone
-    result.update({
-        "last_step": history[-1],
-        **{f"mean_last_{k}": sum(h[k] for h in tail) / len(tail)
-           for k in ("reward_raw", "reward_normalised", "kl", "entropy", "response_length")},
-        "first_reward_raw": history[0]["reward_raw"],
-        "kl_coef": trainer.kl_ctl.value,
-        "steps": len(history), "samples": len(history) * config.batch_size,
-        "seconds": round(time.time() - started, 2),
-    })
-    meta = {"parent": str(policy_dir), "reward_model": str(reward_model_dir), "config": asdict(config),
-            "n_prompts": len(prompts), "n_eval_prompts": len(eval_messages), "final": result}
-    (partial / "ppo_meta.json").write_text(json.dumps(meta, indent=2))
-    publish(partial, final_dir)
-    if progress:
-        progress("ppo_done", len(history), config.steps, result)
-    return result
+    result.update({"last_step": history[-1], "first_reward_raw": history[0]["reward_raw"],
+                   "kl_coef": trainer.kl_ctl.value, "kl_state": trainer.kl_ctl.state(),
+                   "samples": len(history) * config.batch_size})
+    return trainer.finish("ppo", history, result,
+                          extra_save=lambda folder: trainer.critic.save(folder / "critic", trainer.tokenizer),
+                          progress=progress)

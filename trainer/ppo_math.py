@@ -87,7 +87,7 @@ def penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
     """Per-token rewards: -β·kl_t on every response token, plus the sequence score on the last one."""
     rewards = -kl_coef * kl * mask
     last = (mask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(rewards.shape[0]), last] += scores
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
     return rewards
 
 
@@ -101,7 +101,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     """
     rewards, values = rewards * mask, values * mask
     advantages = torch.zeros_like(rewards)
-    next_adv = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    next_adv = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     next_value = torch.zeros_like(next_adv)
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
@@ -143,6 +143,15 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return loss, stats
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over masked tokens: 1 = the critic predicts the
+    returns, 0 = no better than their mean, < 0 = worse. NaN when the returns do not vary."""
+    var_returns = masked_var(returns, mask).item()
+    if var_returns <= 1e-12:
+        return float("nan")
+    return 1.0 - masked_var(returns - values, mask).item() / var_returns
+
+
 # ---------------------------------------------------------------- KL controllers
 class FixedKLController:
     """Constant β."""
@@ -152,6 +161,9 @@ class FixedKLController:
 
     def update(self, current_kl: float, n_steps: int) -> float:
         return self.value
+
+    def state(self) -> dict:
+        return {"kind": "fixed", "value": self.value}
 
 
 class AdaptiveKLController:
@@ -168,6 +180,19 @@ class AdaptiveKLController:
             error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
             self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
+
+    def state(self) -> dict:
+        """What a version stores so the next run resumes β instead of restarting it."""
+        return {"kind": "adaptive", "value": self.value, "target": self.target, "horizon": self.horizon}
+
+
+def kl_controller_from_state(state: dict):
+    """Rebuild a controller saved with `.state()`."""
+    if state.get("kind") == "fixed":
+        return FixedKLController(state["value"])
+    if state.get("kind") == "adaptive":
+        return AdaptiveKLController(state["value"], state["target"], state["horizon"])
+    raise ValueError(f"unknown KL controller state {state!r}")
 
 
 # ---------------------------------------------------------------- reward-model losses

@@ -19,8 +19,9 @@ import torch
 from trainer import ppo_math as pm
 from trainer.config import RMConfig
 from trainer.data import PreferencePair, RatedAnswer
+from trainer.device import autocast, describe, resolve_device
 from trainer.modeling import (conversation_text, freeze_lower_layers, fresh_output_dir, load_tokenizer,
-                              publish, set_threads)
+                              model_device, publish, set_threads)
 
 STATS_FILE = "reward_stats.json"
 Progress = Callable[[str, int, int, dict], None]
@@ -33,11 +34,11 @@ def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> 
     tokenizers use EOS as pad and EOS also ends every answer.
     """
     enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                    max_length=max_length, add_special_tokens=False)
+                    max_length=max_length, add_special_tokens=False).to(model_device(model))
     hidden = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                               use_cache=False).last_hidden_state
     last = enc["attention_mask"].sum(1) - 1
-    return model.score(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1).float()
+    return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()
 
 
 class RewardModel:
@@ -49,11 +50,11 @@ class RewardModel:
         self.mean, self.std, self.max_length, self.batch_size = mean, std, max_length, batch_size
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "RewardModel":
+    def load(cls, model_dir: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
         from transformers import AutoModelForSequenceClassification
         model_dir = Path(model_dir)
         stats = json.loads((model_dir / STATS_FILE).read_text()) if (model_dir / STATS_FILE).exists() else {}
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
         return cls(model, _rm_tokenizer(model_dir), stats.get("mean", 0.0), stats.get("std", 1.0),
                    stats.get("max_length", 512))
 
@@ -65,8 +66,9 @@ class RewardModel:
         texts = [conversation_text(self.tokenizer, m, a) for m, a in zip(messages_list, answers)]
         out: list[float] = []
         for i in range(0, len(texts), self.batch_size):
-            out += sequence_scores(self.model, self.tokenizer, texts[i:i + self.batch_size],
-                                   self.max_length).tolist()
+            with autocast(model_device(self.model)):
+                out += sequence_scores(self.model, self.tokenizer, texts[i:i + self.batch_size],
+                                       self.max_length).tolist()
         return out
 
     def normalised(self, messages_list: Sequence[list[dict]], answers: Sequence[str]) -> list[float]:
@@ -81,11 +83,11 @@ def _rm_tokenizer(model_dir):
     return tokenizer
 
 
-def _load_for_training(init_dir: Path, config: RMConfig):
+def _load_for_training(init_dir: Path, config: RMConfig, device: torch.device):
     from transformers import AutoModelForSequenceClassification
     torch.manual_seed(config.seed)  # the fresh scalar head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(str(init_dir), num_labels=1,
-                                                               dtype=torch.float32)
+                                                               dtype=torch.float32).to(device)
     tokenizer = _rm_tokenizer(init_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
     freeze_lower_layers(model.base_model, config.trainable_layers)
@@ -106,22 +108,23 @@ def _pair_loss(model, tokenizer, batch: list[PreferencePair], max_length: int):
     texts += [conversation_text(tokenizer, p.messages, p.rejected) for p in batch]
     scores = sequence_scores(model, tokenizer, texts, max_length)
     rc, rr = scores[:len(batch)], scores[len(batch):]
-    loss = pm.bradley_terry_loss(rc, rr, torch.tensor([p.margin for p in batch]),
-                                 torch.tensor([p.weight for p in batch]))
+    loss = pm.bradley_terry_loss(rc, rr, torch.tensor([p.margin for p in batch], device=rc.device),
+                                 torch.tensor([p.weight for p in batch], device=rc.device))
     return loss, pm.pairwise_accuracy(rc.detach(), rr.detach())
 
 
 def _rated_loss(model, tokenizer, batch: list[RatedAnswer], max_length: int):
     texts = [conversation_text(tokenizer, r.messages, r.answer) for r in batch]
     scores = sequence_scores(model, tokenizer, texts, max_length)
-    signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch])
-    return pm.pointwise_loss(scores, signs, torch.tensor([r.weight for r in batch]))
+    signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch], device=scores.device)
+    return pm.pointwise_loss(scores, signs, torch.tensor([r.weight for r in batch], device=scores.device))
 
 
 @torch.no_grad()
 def _score_texts(model, tokenizer, texts: list[str], config: RMConfig) -> torch.Tensor:
-    chunks = [sequence_scores(model, tokenizer, texts[i:i + config.eval_batch_size], config.max_length)
-              for i in range(0, len(texts), config.eval_batch_size)]
+    with autocast(model_device(model)):
+        chunks = [sequence_scores(model, tokenizer, texts[i:i + config.eval_batch_size], config.max_length).cpu()
+                  for i in range(0, len(texts), config.eval_batch_size)]
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
@@ -169,7 +172,8 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         raise ValueError("no training data: give preference pairs and/or rated answers")
 
     final, partial = fresh_output_dir(out_dir)  # fail before training, not after
-    model, tokenizer = _load_for_training(Path(warm_start or base_dir), config)
+    device = resolve_device(config.device)
+    model, tokenizer = _load_for_training(Path(warm_start or base_dir), config, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(math.ceil(len(train_pairs) / config.batch_size),
@@ -182,15 +186,16 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         rated_batches = _batches(rated, config.batch_size, steps_per_epoch, rng) if rated else None
         for _ in range(steps_per_epoch):
             metrics: dict = {"epoch": epoch}
-            loss = torch.zeros(())
-            if pair_batches:
-                pair_loss, acc = _pair_loss(model, tokenizer, next(pair_batches), config.max_length)
-                loss = loss + pair_loss
-                metrics.update(pair_loss=pair_loss.item(), train_accuracy=acc)
-            if rated_batches:
-                point_loss = _rated_loss(model, tokenizer, next(rated_batches), config.max_length)
-                loss = loss + config.pointwise_coef * point_loss
-                metrics["pointwise_loss"] = point_loss.item()
+            loss = torch.zeros((), device=device)
+            with autocast(device):
+                if pair_batches:
+                    pair_loss, acc = _pair_loss(model, tokenizer, next(pair_batches), config.max_length)
+                    loss = loss + pair_loss
+                    metrics.update(pair_loss=pair_loss.item(), train_accuracy=acc)
+                if rated_batches:
+                    point_loss = _rated_loss(model, tokenizer, next(rated_batches), config.max_length)
+                    loss = loss + config.pointwise_coef * point_loss
+                    metrics["pointwise_loss"] = point_loss.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -220,7 +225,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         "reward_mean": mean, "reward_std": max(std, 1e-6),
         "final_loss": sum(h["loss"] for h in last) / len(last),
         "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),
-        "steps": step, "seconds": round(time.time() - started, 2),
+        "steps": step, "seconds": round(time.time() - started, 2), "device": describe(device),
     }
     _save(model, tokenizer, final, partial, metrics, config, base_dir, warm_start)
     if progress:

@@ -64,6 +64,8 @@ class HFGenerator:
         for i in range(0, len(prompt_ids), self.batch_size):
             chunk = prompt_ids[i:i + self.batch_size]
             ids, mask = left_pad(chunk, sampling.pad_token_id)
+            device = next(self.model.parameters()).device
+            ids, mask = ids.to(device), mask.to(device)
             kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sampling.eos_token_ids,
                           pad_token_id=sampling.pad_token_id)
             if sampling.greedy:

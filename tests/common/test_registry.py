@@ -89,3 +89,92 @@ def test_pseudonymise_is_stable_and_keyed(tmp_path):
     assert a.pseudonymise(None) is None
     other = Settings(data_dir=tmp_path, user_hmac_key="k2")
     assert other.pseudonymise("alice") != a.pseudonymise("alice")
+
+
+def test_prefixes_sharing_a_root_never_see_each_others_ids(tmp_path):
+    root = tmp_path / "shared"
+    pol = ModelRegistry(root)
+    rms = ModelRegistry(root, prefix="rm")
+    assert pol.publish(_model(tmp_path, "p0")) == "v0"
+    assert pol.publish(_model(tmp_path, "p1")) == "v1"
+    assert rms.publish(_model(tmp_path, "r0")) == "rm0"   # v0/v1 and their ledger lines ignored
+    assert pol.publish(_model(tmp_path, "p2")) == "v2"    # rm0's ledger line ignored
+    assert pol.versions() == ["v0", "v1", "v2"]
+    assert rms.versions() == ["rm0"]
+    assert rms.exists("rm0") and not rms.exists("v0") and not pol.exists("rm0")
+    with pytest.raises(UnknownVersion):
+        rms.path("v1")
+    # a half-written rm publish is rm's to clean, not the policy registry's
+    (root / ".tmp-rm1-deadbeef").mkdir()
+    assert pol.cleanup_partial() == []
+    assert rms.cleanup_partial() == [".tmp-rm1-deadbeef"]
+
+
+def test_latest_is_the_newest_published_id(tmp_path):
+    reg = ModelRegistry(tmp_path / "critics", prefix="critic")
+    assert reg.latest() is None
+    for i in range(11):
+        reg.publish(_model(tmp_path, f"c{i}"))
+    # numeric order, not string order: critic10 is newer than critic9
+    assert reg.latest() == "critic10"
+    (reg.root / ".tmp-critic11-deadbeef").mkdir()        # unfinished: not published
+    assert reg.latest() == "critic10"
+
+
+def _registry_with(tmp_path, n, prefix="v"):
+    reg = ModelRegistry(tmp_path / "reg", prefix=prefix)
+    for i in range(n):
+        reg.publish(_model(tmp_path, f"src{i}"), {"i": i})
+    return reg
+
+
+def _gc_lines(reg):
+    import json
+    return [json.loads(line) for line in (reg.root / "gc.jsonl").read_text().splitlines()]
+
+
+def test_gc_spares_current_protected_and_newest(tmp_path):
+    reg = _registry_with(tmp_path, 7)        # v0..v6
+    reg.set_current("v1")
+    deleted = reg.collect_garbage(keep_last=2, protected={"v3"}, deletable=lambda m: True)
+    # v1 current, v3 protected, v5/v6 newest two; v0, v2, v4 go
+    assert deleted == ["v0", "v2", "v4"]
+    assert reg.versions() == ["v1", "v3", "v5", "v6"]
+    assert not (reg.root / "v0").exists()
+    assert [e["id"] for e in _gc_lines(reg)] == ["v0", "v2", "v4"]
+    assert all(e["reason"] == "gc" and e["time"] > 0 for e in _gc_lines(reg))
+    assert not [p for p in reg.root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_gc_asks_deletable_with_the_metadata(tmp_path):
+    reg = _registry_with(tmp_path, 5)        # metadata {"i": 0..4}
+    deleted = reg.collect_garbage(keep_last=0, protected=set(),
+                                  deletable=lambda m: m["i"] % 2 == 1, reason="odd")
+    assert deleted == ["v1", "v3"]
+    assert reg.versions() == ["v0", "v2", "v4"]
+    assert [(e["id"], e["reason"]) for e in _gc_lines(reg)] == [("v1", "odd"), ("v3", "odd")]
+
+
+def test_gc_negative_keep_keeps_everything_and_large_keep_keeps_all(tmp_path):
+    reg = _registry_with(tmp_path, 3)
+    assert reg.collect_garbage(keep_last=-1, protected=set(), deletable=lambda m: True) == []
+    assert reg.collect_garbage(keep_last=10, protected=set(), deletable=lambda m: True) == []
+    assert reg.versions() == ["v0", "v1", "v2"]
+    assert not (reg.root / "gc.jsonl").exists()
+
+
+def test_gc_deleted_ids_are_never_reused(tmp_path):
+    reg = _registry_with(tmp_path, 3, prefix="rm")      # rm0..rm2
+    # keep_last=0 lets even the newest go: its number must still not come back
+    assert reg.collect_garbage(keep_last=0, protected=set(), deletable=lambda m: True) == [
+        "rm0", "rm1", "rm2"]
+    assert reg.versions() == [] and reg.latest() is None
+    assert reg.publish(_model(tmp_path, "next")) == "rm3"
+
+
+def test_gc_pins_numbers_of_versions_missing_from_the_ledger(tmp_path):
+    reg = _registry_with(tmp_path, 2)                    # v0, v1
+    (reg.root / "ledger.txt").unlink()                   # e.g. folders copied in by hand
+    assert reg.collect_garbage(keep_last=0, protected=set(), deletable=lambda m: True) == [
+        "v0", "v1"]
+    assert reg.publish(_model(tmp_path, "next")) == "v2"

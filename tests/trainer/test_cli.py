@@ -38,7 +38,20 @@ def test_train_rm_then_ppo_cli(tiny_model_dir, tmp_path):
                 "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "8",
                 "--kl-estimator", "k3", "--threads", "2", "--no-progress", "--set", "cliprange=0.1")
     assert out["steps"] == 2 and out["samples"] == 8
-    meta = json.loads((tmp_path / "policy" / "ppo_meta.json").read_text())
+    meta = json.loads((tmp_path / "policy" / "train_meta.json").read_text())
     assert meta["config"]["kl_estimator"] == "k3" and meta["config"]["cliprange"] == 0.1
     assert len((tmp_path / "policy" / "metrics.jsonl").read_text().splitlines()) == 2
     assert check_finite(tmp_path / "policy") == []
+
+
+def test_train_policy_cli_dpo(tiny_model_dir, tmp_path):
+    sampler = AnswerSampler(load_tokenizer(tiny_model_dir), seed=6)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", sampler.pairs(8, prompt_seed=1))
+    out = _rlhf("train-policy", "--algorithm", "dpo", "--policy", tiny_model_dir, "--pairs", pairs,
+                "--out", tmp_path / "dpo", "--threads", "2", "--no-progress", "--set", "epochs=1",
+                "--set", "beta=0.2")
+    assert out["pairs"] == 8 and out["steps"] == 1 and out["device"] == "cpu/fp32"
+    meta = json.loads((tmp_path / "dpo" / "train_meta.json").read_text())
+    assert meta["algorithm"] == "dpo" and meta["config"]["beta"] == 0.2
+    assert meta["reference"] == str(tiny_model_dir)
+    assert check_finite(tmp_path / "dpo") == []

@@ -11,31 +11,16 @@ import math
 import time
 
 import pytest
-import torch
 
-from tests.trainer.synthetic import AnswerSampler, digit_count, prompts
-from trainer.config import PPOConfig, RMConfig
+from tests.trainer.synthetic import digit_count, prompts
+from trainer.config import PPOConfig
 from trainer.evaluate import check_finite, generate_answers, kl_between, mean_rm_score
 from trainer.modeling import load_tokenizer
+from trainer.policy_base import PolicyJob
 from trainer.ppo import run_ppo
-from trainer.reward_model import RewardModel, train_reward_model
+from trainer.reward_model import RewardModel
 
 MAX_NEW = 16
-
-
-@pytest.fixture(scope="module")
-def trained_rm(tiny_model_dir, tmp_path_factory):
-    torch.set_num_threads(2)
-    sampler = AnswerSampler(load_tokenizer(tiny_model_dir), seed=0)
-    train, heldout = sampler.pairs(400, prompt_seed=1), sampler.pairs(100, prompt_seed=2)
-    rated = sampler.rated(60, prompt_seed=3)
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    calls = []
-    metrics = train_reward_model(
-        train, rated, tiny_model_dir, out,
-        RMConfig(lr=5e-4, epochs=4, batch_size=16, show_progress_bar=False, seed=0),
-        eval_pairs=heldout, progress=lambda *a: calls.append(a))
-    return out, metrics, heldout, calls
 
 
 def test_reward_model_learns_preference(trained_rm):
@@ -68,8 +53,8 @@ def test_ppo_raises_reward_with_bounded_kl(trained_rm, tiny_model_dir, tmp_path)
     calls = []
     started = time.time()
     out = tmp_path / "policy"
-    result = run_ppo(tiny_model_dir, rm_dir, train_prompts, out, config,
-                     progress=lambda *a: calls.append(a), eval_prompts=prompts(4, seed=12))
+    job = PolicyJob(tiny_model_dir, tiny_model_dir, out, prompts=train_prompts, reward_model_dir=rm_dir)
+    result = run_ppo(job, config, progress=lambda *a: calls.append(a), eval_prompts=prompts(4, seed=12))
     ppo_seconds = time.time() - started
     score_after, digits_after = measure(out)
     kl = kl_between(out, tiny_model_dir, prompts(16, seed=11), MAX_NEW, n_samples=4)
@@ -83,15 +68,22 @@ def test_ppo_raises_reward_with_bounded_kl(trained_rm, tiny_model_dir, tmp_path)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 20 and [c[1] for c in calls if c[0] == "ppo"] == list(range(1, 21))
     for key in ("reward_raw", "reward_normalised", "kl", "entropy", "clip_frac", "approx_kl",
-                "value_loss", "response_length", "kl_coef"):
+                "value_loss", "response_length", "kl_coef", "critic_grad_norm"):
         assert all(math.isfinite(s[key]) for s in steps), key
     # adaptive controller wired in: β rises after a step whose KL was above target, falls otherwise
     for before, after in zip(steps, steps[1:]):
         assert (after["kl_coef"] > before["kl_coef"]) == (before["kl"] > config.kl_target), (before, after)
     assert steps[0]["kl_coef"] == config.init_kl_coef
     assert result["steps"] == 20 and "eval_reward_end" in result
-    meta = json.loads((out / "ppo_meta.json").read_text())
+    meta = json.loads((out / "train_meta.json").read_text())
     assert meta["parent"] == str(tiny_model_dir) and meta["config"]["lr"] == 1e-3
+    assert meta["algorithm"] == "ppo" and meta["reference"] == str(tiny_model_dir)
+    assert meta["final"]["kl_state"] == {"kind": "adaptive", "value": result["kl_coef"], "target": 4.0,
+                                         "horizon": 100}
+    # the critic started from the RM and is saved beside the policy for the next run
+    assert result["critic_init"] == str(rm_dir) and (out / "critic" / "critic.json").exists()
+    ev = [s["explained_variance"] for s in steps if math.isfinite(s["explained_variance"])]
+    assert ev and max(ev[len(ev) // 2:]) > 0.0, ev    # the critic explains part of the return later on
 
     # a servable folder: finite safetensors, same architecture, no value head, same chat template
     assert check_finite(out) == []
