@@ -83,6 +83,17 @@ class Keys:
     def pipeline_queued(self) -> str:
         return f"{self.prefix}:pipeline:queued"
 
+    @property
+    def pipeline_last_failure(self) -> str:
+        """Time of the last failed run: the trigger waits retry_after_failure_s before re-firing."""
+        return f"{self.prefix}:pipeline:last_failure"
+
+    @property
+    def consumed_runs(self) -> str:
+        """Set of run ids whose snapshot a *completed* run trained on. Feedback of a run that
+        failed stays out of it, so the next run treats it as new again."""
+        return f"{self.prefix}:pipeline:consumed_runs"
+
 
     @property
     def training_queue(self) -> str:

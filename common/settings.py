@@ -76,13 +76,36 @@ class Settings(BaseSettings):
     rm_overrides: str = "{}"
     """JSON object of RMConfig fields to override (e.g. '{"epochs": 2}')."""
     ppo_overrides: str = "{}"
-    """JSON object of PPOConfig fields to override (e.g. '{"steps": 4}')."""
+    """JSON object of PPOConfig fields to override (e.g. '{"steps": 4}'); used when algorithm=ppo."""
+    algorithm: str = "dpo"
+    """Policy algorithm of this deployment: ppo | rloo | dpo | online_dpo | kto (trainer/algorithms.py).
+    dpo is the default from bench/bench_algorithms.py (see README): fastest round, no RM needed."""
+    algorithm_overrides: str = "{}"
+    """JSON object of the selected algorithm's config fields (trainer/config.py), e.g. '{"beta": 0.2}'."""
+    anchor_version: str = ""
+    """The KL anchor: every algorithm's frozen reference and the version KL budgets are measured
+    against. Empty = the first published version (the model the deployment started from)."""
+    kl_budget: float = 8.0
+    """Largest KL to the anchor (nats per answer, sampled on held-out prompts) a candidate may have."""
+    artifact_keep: int = 5
+    """Garbage collection keeps the newest N of each artifact kind (gate-rejected policies, reward
+    models, critics) plus every one still referenced; < 0 keeps everything."""
+    deploy_confirm_timeout_s: float = 120.0
+    """How long the pipeline waits for every replica to report the new version after a deploy."""
+    retry_after_failure_s: float = 120.0
+    """After a failed run the trigger waits this long before re-firing on the same feedback."""
 
     # --- promotion gate ----------------------------------------------------------------
     gate_min_rm_gain: float = 0.0
     """New policy's mean RM score on held-out prompts must beat the served one by more than this."""
     gate_max_kl: float = 10.0
-    """Refuse a policy whose KL to the served policy (nats/answer) exceeds this."""
+    """Refuse a policy whose KL to the served policy (nats/answer) exceeds this (one round's step;
+    the drift across rounds is bounded by kl_budget against the anchor)."""
+    gate_max_pref_drop: float = 0.05
+    """Refuse a candidate whose implicit preference accuracy on held-out human pairs (log-prob
+    margin over the anchor, DPO-style) is below the served version's by more than this."""
+    gate_min_pref_pairs: int = 10
+    """The implicit-preference check runs only with at least this many held-out pairs."""
     gate_eval_prompts: int = 16
     gate_max_new_tokens: int = 48
     probe_prompt: str = "What is the capital of France?"

@@ -20,6 +20,8 @@ class Preset:
     eval_prompts: int
     ppo: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
+    algorithm: str = ""               # "" = the deployment default (RLHF_ALGORITHM / settings)
+    policy: dict = field(default_factory=dict)   # overrides of the selected algorithm's config
     round_timeout_s: float = 2400  # a hang guard, not a budget: slow machines just take longer
 
 
@@ -48,7 +50,9 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RLHF_DATA_DIR/demo-<time>)")
     p.add_argument("--rounds", type=int, help="override the preset's retrain rounds")
     p.add_argument("--interactions", type=int, help="override chats per round")
-    p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig")
+    p.add_argument("--algorithm", help="policy algorithm: ppo | rloo | dpo | online_dpo | kto")
+    p.add_argument("--policy-config", default="{}", help="JSON overrides of the algorithm's config")
+    p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig (algorithm ppo)")
     p.add_argument("--rm", default="{}", help="JSON overrides of RMConfig")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_demo)
@@ -63,6 +67,9 @@ def _demo(args) -> int:
     if args.interactions:
         preset.interactions_per_round = args.interactions
     preset.ppo.update(json.loads(args.ppo))
+    if args.algorithm:
+        preset.algorithm = args.algorithm
+    preset.policy.update(json.loads(args.policy_config))
     preset.rm.update(json.loads(args.rm))
     base = Settings()
     out = Path(args.out or Path(base.data_dir) / time.strftime("demo-%Y%m%d-%H%M%S"))
@@ -109,6 +116,8 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
            "RLHF_RETRAIN_MIN_EVENTS": str(preset.interactions_per_round),
            "RLHF_RETRAIN_EVERY_MINUTES": "100000", "RLHF_TRIGGER_CHECK_SECONDS": "3",
            "RLHF_PPO_OVERRIDES": json.dumps(preset.ppo), "RLHF_RM_OVERRIDES": json.dumps(preset.rm),
+           "RLHF_ALGORITHM": preset.algorithm or base.algorithm,
+           "RLHF_ALGORITHM_OVERRIDES": json.dumps(preset.policy),
            "RLHF_GATE_EVAL_PROMPTS": "12", "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
            "RLHF_MAX_MODEL_LEN": "1024", "RLHF_TORCH_THREADS": os.environ.get("RLHF_TORCH_THREADS", "1"), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "TOKENIZERS_PARALLELISM": "false"}

@@ -42,6 +42,8 @@ def evaluate_versions(registry: ModelRegistry, prompts: list[str], max_new_token
         rows.append({
             "version": v,
             "parent": meta.get("parent"),
+            "algorithm": meta.get("algorithm"),
+            "kl_to_anchor_gate": meta.get("kl_to_anchor"),
             "win_rate_vs_v0": sum(wins) / len(wins),
             "hidden_score": sum(scores) / len(scores),
             "mean_words": sum(len(a.split()) for a in answers) / len(answers),

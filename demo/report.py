@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = [("version", "version", "{}"), ("win vs v0", "win_rate_vs_v0", "{:.0%}"),
+COLUMNS = [("version", "version", "{}"), ("algorithm", "algorithm", "{}"), ("win vs v0", "win_rate_vs_v0", "{:.0%}"),
            ("hidden score", "hidden_score", "{:+.3f}"), ("words", "mean_words", "{:.1f}"),
            ("KL to v0", "kl_to_v0", "{:.3f}"), ("RM acc", "rm_accuracy", "{:.0%}"),
            ("feedback used", "feedback_used", "{}"), ("gate", "gate", "{}")]
@@ -59,7 +59,8 @@ def plots(rows: list[dict], steps: list[dict], out: Path) -> list[Path]:
     paths.append(p)
 
     if steps:
-        keys = [k for k in ("reward_raw", "reward", "kl", "kl_coef", "entropy", "response_length")
+        keys = [k for k in ("reward_raw", "reward", "kl", "kl_coef", "loss", "reward_accuracy",
+                            "reward_margin", "entropy", "response_length")
                 if any(k in s for s in steps)][:4]
         fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3.4), squeeze=False)
         x = list(range(1, len(steps) + 1))

@@ -86,3 +86,45 @@ def kl_between(policy_dir: str | Path, reference_dir: str | Path, prompts: Seque
     diff = (_sequence_logprobs(policy, prompt_ids, responses, tokenizer.pad_token_id)
             - _sequence_logprobs(reference, prompt_ids, responses, tokenizer.pad_token_id))
     return diff.mean().item()
+
+
+def kl_to_references(policy_dir: str | Path, references: dict[str, str | Path], prompts: Sequence[PromptLike],
+                     max_new_tokens: int, n_samples: int, seed: int = 0) -> dict[str, float]:
+    """KL(π || ref) per sequence for several references from *one* set of samples y ~ π
+    (e.g. {"served": parent, "anchor": v0}): the gate's two KL checks for the price of one rollout."""
+    tokenizer = load_tokenizer(policy_dir)
+    policy = load_causal_lm(policy_dir)
+    messages = [prompt_messages(p) for p in prompts for _ in range(n_samples)]
+    prompt_ids, responses = _sample(policy, tokenizer, messages, max_new_tokens, greedy=False, seed=seed)
+    own = _sequence_logprobs(policy, prompt_ids, responses, tokenizer.pad_token_id)
+    del policy
+    out = {}
+    for name, ref_dir in references.items():
+        ref = load_causal_lm(ref_dir)
+        out[name] = (own - _sequence_logprobs(ref, prompt_ids, responses, tokenizer.pad_token_id)).mean().item()
+    return out
+
+
+def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: str | Path,
+                                   pairs: Sequence, max_answer_tokens: int = 128) -> dict[str, float]:
+    """For each policy, the share of held-out human pairs whose log-prob margin over the anchor
+    favours the chosen answer (DPO's implicit reward): does the policy agree with people?"""
+    from trainer.preference_math import implicit_preference_accuracy
+    if not pairs:
+        return {}
+    tokenizer = load_tokenizer(anchor_dir)
+    anchor = load_causal_lm(anchor_dir)
+    eos = eos_token_ids(anchor, tokenizer)[0]
+
+    def answer(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"][: max_answer_tokens - 1] + [eos]
+    prompts = [prompt_token_ids(tokenizer, p.messages) for p in pairs]
+    chosen, rejected = [answer(p.chosen) for p in pairs], [answer(p.rejected) for p in pairs]
+    pad = tokenizer.pad_token_id
+    ref_c, ref_r = _sequence_logprobs(anchor, prompts, chosen, pad), _sequence_logprobs(anchor, prompts, rejected, pad)
+    out = {}
+    for name, folder in policies.items():
+        model = load_causal_lm(folder)
+        out[name] = implicit_preference_accuracy(_sequence_logprobs(model, prompts, chosen, pad),
+                                                 _sequence_logprobs(model, prompts, rejected, pad), ref_c, ref_r)
+    return out

@@ -1,4 +1,5 @@
-"""The retrain pipeline: snapshot -> datasets -> reward model -> PPO -> gate -> publish -> deploy.
+"""The retrain pipeline: snapshot -> datasets -> [reward model] -> policy (the deployment's
+algorithm) -> gate -> publish -> deploy.
 
 Orchestration only: the maths lives in `trainer`, the storage contracts in `common`. Progress
 goes to one Redis hash (`rlhf status`, /admin/status and the demo read it).
@@ -6,7 +7,6 @@ goes to one Redis hash (`rlhf status`, /admin/status and the demo read it).
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -14,13 +14,13 @@ from typing import Any
 
 import redis
 
-from common import ops
+from common import artifacts, ops
 from common.keys import KEYS
 from common.settings import Settings
 from worker.datasets import build_training_sets
 from worker.snapshot import load_snapshots, take_snapshot
 
-STEPS = ["snapshot", "datasets", "reward_model", "ppo", "gate", "publish", "deploy"]
+STEPS = ["snapshot", "datasets", "reward_model", "policy", "gate", "publish", "deploy"]
 
 
 class StatusWriter:
@@ -36,8 +36,10 @@ class StatusWriter:
     def _write(self) -> None:
         self.fields["updated"] = time.time()
         try:
+            # bools are JSON-encoded: redis-py refuses them (DataError), which once left the
+            # status stuck at "running / deploy" after every successful deploy.
             self.client.hset(KEYS.pipeline_status, mapping={
-                k: v if isinstance(v, (str, int, float)) else json.dumps(v, default=str)
+                k: v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else json.dumps(v, default=str)
                 for k, v in self.fields.items()})
         except redis.RedisError:
             pass  # status is best effort; training goes on
@@ -86,112 +88,108 @@ def run_pipeline(settings: Settings, run_id: str, reason: str = "scheduled",
         return _run_steps(settings, run_id, reason, force, client, status)
     except Exception as exc:
         # Recorded in the history too, so `rlhf status` and the demo see the failure at once.
+        # Its feedback is not marked consumed: the next run trains on it as new.
+        try:
+            client.set(KEYS.pipeline_last_failure, time.time())
+        except redis.RedisError:
+            pass
         status.finish("failed", error=repr(exc)[:2000])
         raise
 
 
 def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
                client: redis.Redis, status: StatusWriter) -> dict:
-    from trainer.config import PPOConfig, RMConfig
+    from trainer import algorithms
     from trainer.data import write_jsonl
-    from trainer.ppo import run_ppo
-    from trainer.reward_model import train_reward_model
     from worker.gate import run_gate
+    from worker.training import latest_reward_model, remove_work, train_policy_step, train_reward_model_step
 
-    reg = ops.registry(settings)
+    algo = algorithms.get(settings.algorithm)   # an unknown name fails the run before any work
+    reg = artifacts.policies(settings)
     removed = reg.cleanup_partial()  # temp folders of publishes that died midway
     served = reg.current()
     if served is None:
         return status.finish("failed", error="no version is being served yet (start `rlhf serve`)")
+    anchor = artifacts.anchor_version(settings, reg)
     served_dir = reg.path(served)
     work = Path(settings.data_dir) / "work" / run_id
     shutil.rmtree(work, ignore_errors=True)  # a redelivered run starts from a clean folder
     work.mkdir(parents=True)
 
-    status.step("snapshot", served=served, cleaned=removed)
+    status.step("snapshot", served=served, anchor=anchor, algorithm=algo.name, cleaned=removed)
     total_before = int(client.hget(KEYS.feedback_counts, "total") or 0)
     snap = take_snapshot(client, settings.snapshots_dir, run_id)
-    client.set(KEYS.last_snapshot_total, total_before)
     client.set(KEYS.pipeline_last_run, time.time())
-    if snap.events == 0 and not force:
+    records = load_snapshots(settings.snapshots_dir)
+    consumed = set(client.smembers(KEYS.consumed_runs))
+    # New = taken by this run, or by an earlier run that failed before completing (nothing lost).
+    unconsumed = {rec["snapshot_run"] for rec in records} - consumed
+    if snap.events == 0 and not unconsumed and not force:
+        _mark_consumed(client, run_id, total_before)
         return status.finish("skipped", error="no new feedback since the last run")
 
-    status.step("datasets", new_events=snap.events)
-    sets = build_training_sets(load_snapshots(settings.snapshots_dir), set(reg.versions()),
+    status.step("datasets", new_events=snap.events, earlier_unconsumed_runs=sorted(unconsumed - {run_id}))
+    sets = build_training_sets(records, set(reg.versions()),
                                settings.max_rater_share, settings.heldout_fraction,
-                               is_new=lambda rec: rec.get("snapshot_run") == run_id)
+                               is_new=lambda rec: rec.get("snapshot_run") not in consumed)
     stats = dict(sets.stats)
     status.fields["data"] = stats
     if not sets.pairs and not sets.rated:
+        _mark_consumed(client, run_id, total_before)
         return status.finish("skipped", error="no usable preference data yet")
     if not sets.train_prompts:
+        _mark_consumed(client, run_id, total_before)
         return status.finish("skipped", error="no training prompts")
     for name, items in [("pairs", sets.pairs), ("eval_pairs", sets.eval_pairs),
                         ("rated", sets.rated), ("train_prompts", sets.train_prompts),
                         ("heldout_prompts", sets.heldout_prompts)]:
         write_jsonl(work / f"{name}.jsonl", items)
 
-    status.step("reward_model")
-    rm_root = Path(settings.data_dir) / "reward_models"
-    latest_file = rm_root / "LATEST"
-    warm = rm_root / latest_file.read_text().strip() if latest_file.exists() else None
-    if warm is not None and not warm.exists():
-        warm = None
-    rm_work = work / "reward_model"
-    rm_pairs, rm_rated = rm_training_data(sets, warm is not None, settings.rm_replay_ratio, run_id)
-    stats.update(rm_pairs=len(rm_pairs), rm_rated=len(rm_rated))
-    rm_metrics = train_reward_model(
-        rm_pairs, rm_rated, served_dir, rm_work, config=_overrides(RMConfig, settings.rm_overrides),
-        warm_start=warm, eval_pairs=sets.eval_pairs or None, progress=status.progress)
-    rm_dir = rm_root / f"rm-{run_id}"
-    rm_root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(rm_dir, ignore_errors=True)
-    shutil.move(str(rm_work), rm_dir)
-    (rm_root / "LATEST.tmp").write_text(rm_dir.name)
-    (rm_root / "LATEST.tmp").replace(latest_file)
+    rm_id, rm_dir, rm_metrics = None, None, {}
+    if algo.needs_reward_model:
+        status.step("reward_model")
+        rm_id, rm_dir, rm_metrics = train_reward_model_step(settings, sets, run_id, served_dir, work, stats,
+                                                            status.progress)
 
-    status.step("ppo")
-    policy_work = work / "policy"
-    ppo_metrics = run_ppo(served_dir, rm_dir, sets.train_prompts, policy_work,
-                          config=_overrides(PPOConfig, settings.ppo_overrides),
-                          progress=status.progress)
+    status.step("policy")
+    policy_work, policy_metrics, policy_meta = train_policy_step(
+        settings, sets, run_id, served, anchor, rm_dir, work, stats, status.progress)
 
     status.step("gate")
     gate_prompts = sets.heldout_prompts
     if not gate_prompts:  # tiny data sets: better a gate on seen prompts than none
         gate_prompts = sets.train_prompts
         stats["gate_prompts_not_heldout"] = True
-    gate = run_gate(policy_work, served_dir, rm_dir, gate_prompts, settings)
+    # RM-free algorithms are judged by the newest published RM when one exists.
+    gate = run_gate(policy_work, served_dir, reg.path(anchor), rm_dir or latest_reward_model(settings),
+                    gate_prompts, settings, eval_pairs=sets.eval_pairs)
 
     status.step("publish", gate=gate)
     meta = {"parent": served, "run_id": run_id, "reason": reason, "snapshot": str(snap.path),
-            "reward_model": str(rm_dir), "data": stats, "gate": gate,
-            "metrics": {"reward_model": _scalars(rm_metrics), "ppo": _scalars(ppo_metrics),
+            "reward_model": rm_id, "data": stats, "gate": gate, **policy_meta,
+            "kl_to_anchor": gate["metrics"].get("kl_to_anchor"),
+            "kl_to_parent": gate["metrics"].get("kl_to_served"),
+            "metrics": {"reward_model": _scalars(rm_metrics), "policy": _scalars(policy_metrics),
                         "gate": gate["metrics"]}}
     version = reg.publish(policy_work, meta, move=True)
+    _mark_consumed(client, run_id, total_before)
+    status.fields["garbage_collected"] = artifacts.collect_garbage(settings)
     if not gate["passed"]:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
         return status.finish("rejected", version=version, error="; ".join(gate["reasons"]))
 
     status.step("deploy", version=version)
     ops.deploy(settings, version, reason=f"pipeline {run_id}", actor="pipeline")
-    deployed = ops.wait_for_replicas(settings, version, timeout=120)
-    shutil.rmtree(work, ignore_errors=True)
+    deployed = ops.wait_for_replicas(settings, version, timeout=settings.deploy_confirm_timeout_s)
+    remove_work(work)
     return status.finish("succeeded", version=version, replicas_confirmed=deployed)
 
 
-def rm_training_data(sets, warm_start: bool, replay_ratio: float, seed: str):
-    """What the RM trains on this run: everything for a fresh RM; for one warm-started from the
-    previous RM, this run's new examples plus `replay_ratio` old ones per new one."""
-    if not warm_start or replay_ratio < 0 or not (sets.new_pairs or sets.new_rated):
-        return sets.pairs, sets.rated
-    rng = random.Random(seed)
-
-    def mix(new: list, every: list) -> list:
-        fresh = {id(x) for x in new}
-        old = [x for x in every if id(x) not in fresh]
-        return new + rng.sample(old, min(len(old), int(round(replay_ratio * len(new)))))
-    return mix(sets.new_pairs, sets.pairs), mix(sets.new_rated, sets.rated)
+def _mark_consumed(client: redis.Redis, run_id: str, total_before: int) -> None:
+    """This run's feedback is learned (or had nothing to learn): stop counting it as new, for the
+    datasets and for the event-count trigger. A failed run never gets here."""
+    client.sadd(KEYS.consumed_runs, run_id)
+    client.set(KEYS.last_snapshot_total, total_before)
 
 
 def _scalars(metrics: dict) -> dict:

@@ -54,6 +54,10 @@ def maybe_retrain() -> str:
     due_count = new_events >= settings.retrain_min_events
     if not (due_time or due_count):
         return f"idle ({new_events} new events)"
+    # A failed run left its feedback unconsumed, so the trigger re-fires — after a pause, not in a loop.
+    failed_at = float(r.get(KEYS.pipeline_last_failure) or 0)
+    if time.time() - failed_at < settings.retry_after_failure_s:
+        return f"waiting after a failed run ({new_events} new events)"
     # One queued pipeline at most: the flag lives until the task starts (or 10 min).
     if not r.set(KEYS.pipeline_queued, "1", nx=True, ex=600):
         return "already queued"

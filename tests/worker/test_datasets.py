@@ -79,7 +79,7 @@ def test_heldout_split_is_by_prompt_and_deterministic():
 
 
 def test_new_feedback_is_marked_and_rm_replays_a_sample_of_the_old():
-    from worker.pipeline import rm_training_data
+    from worker.training import rm_training_data
     old = [rec(i, "comparison", f"u{i}", [answer(f"o{i}a", f"p{i}", f"long old {i}"),
                                           answer(f"o{i}b", f"p{i}", f"old {i}")], choice="b")
            for i in range(6)]

@@ -38,6 +38,8 @@ def live(redis_server, tiny_model_dir, tmp_path_factory):
     env = {
         **__import__("os").environ,
         "RLHF_REDIS_URL": redis_server.url, "RLHF_DATA_DIR": str(data), "RLHF_ADMIN_TOKEN": ADMIN,
+        "RLHF_ALGORITHM": "ppo",   # the slowest path: the kill test needs time inside training
+        "RLHF_KL_BUDGET": "1e9", "RLHF_GATE_MAX_PREF_DROP": "1",
         "RLHF_PPO_OVERRIDES": json.dumps({"steps": 3, "batch_size": 4, "mini_batch_size": 2,
                                           "max_new_tokens": 12, "show_progress_bar": False}),
         "RLHF_RM_OVERRIDES": json.dumps({"epochs": 1, "batch_size": 4, "show_progress_bar": False}),
@@ -176,7 +178,7 @@ def test_worker_killed_mid_training_leaves_no_partial_version_and_job_reruns(liv
     deadline = time.time() + 180
     while time.time() < deadline:
         st = r.hgetall(KEYS.pipeline_status)
-        if st.get("run_id") == run_id and st.get("step") in ("reward_model", "ppo"):
+        if st.get("run_id") == run_id and st.get("step") in ("reward_model", "policy"):
             break
         time.sleep(0.05)
     else:
