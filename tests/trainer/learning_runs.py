@@ -1,0 +1,82 @@
+"""Three consecutive runs of one algorithm on the tiny model with the synthetic preference (more
+digits = better); shared by the CPU test (test_algorithms_learning.py) and the GPU check
+(bench/gpu_learning_check.py), so both measure the same thing. No pytest import: the GPU image
+runs it as a plain script."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from tests.trainer.synthetic import AnswerSampler, digit_count, prompts
+from trainer import algorithms
+from trainer.config import DPOConfig, KTOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig, RMConfig
+from trainer.evaluate import check_finite, generate_answers, kl_between
+from trainer.modeling import load_tokenizer
+from trainer.policy_base import META_FILE, PolicyJob
+
+MAX_NEW = 16
+KL_BUDGET = 12.0     # nats per 16-token answer to the anchor
+COMMON = dict(max_new_tokens=MAX_NEW, show_progress_bar=False, seed=0, num_threads=2, device="cpu")
+CONFIGS = {
+    "ppo": PPOConfig(steps=10, batch_size=16, mini_batch_size=8, lr=1e-3, critic_lr=1e-3,
+                     init_kl_coef=0.05, kl_target=4.0, **COMMON),
+    "rloo": RLOOConfig(steps=10, batch_size=16, k=2, micro_batch_size=32, lr=1e-3, init_kl_coef=0.05,
+                       kl_target=4.0, **COMMON),
+    "online_dpo": OnlineDPOConfig(steps=10, batch_size=16, lr=1e-3, beta=0.1, **COMMON),
+    "dpo": DPOConfig(lr=5e-4, beta=0.1, epochs=2, batch_size=16, micro_batch_size=16, **COMMON),
+    "kto": KTOConfig(lr=1e-3, beta=0.1, epochs=3, batch_size=16, micro_batch_size=16, use_pairs=False,
+                     **COMMON),
+}
+
+
+def train_synthetic_rm(tiny_model_dir: Path, out: Path, device: str = "cpu", progress=None):
+    """(metrics, held-out pairs) of an RM trained on 400 synthetic pairs + 60 thumbs."""
+    from trainer.reward_model import train_reward_model
+    sampler = AnswerSampler(load_tokenizer(tiny_model_dir), seed=0)
+    train, heldout = sampler.pairs(400, prompt_seed=1), sampler.pairs(100, prompt_seed=2)
+    metrics = train_reward_model(
+        train, sampler.rated(60, prompt_seed=3), tiny_model_dir, out,
+        RMConfig(lr=5e-4, epochs=4, batch_size=16, show_progress_bar=False, seed=0, device=device),
+        eval_pairs=heldout, progress=progress)
+    return metrics, heldout
+
+
+def digits_per_answer(policy_dir) -> float:
+    heldout = [p for p in prompts(16, seed=11) for _ in range(4)]   # unseen prompts, 4 samples each
+    answers = generate_answers(policy_dir, heldout, MAX_NEW, greedy=False, seed=123)
+    return sum(map(digit_count, answers)) / len(answers)
+
+
+def three_runs(name: str, tiny_model_dir: Path, rm_dir: Path | None, work: Path, device: str = "cpu"):
+    """Returns (digits of the anchor, one trace row per run). Raises AssertionError on a broken
+    invariant inside a run (metadata, finite weights, KL budget, β resumed and moving)."""
+    config = replace(CONFIGS[name], device=device)
+    rm_dir = rm_dir if algorithms.get(name).needs_reward_model else None
+    sampler = AnswerSampler(load_tokenizer(tiny_model_dir), seed=7)
+    anchor = tiny_model_dir
+    policy, kl_state = tiny_model_dir, None
+    start_digits = digits_per_answer(anchor)
+    trace = []
+    for run in range(1, 4):
+        out = work / f"{name}-run{run}"
+        job = PolicyJob(policy, anchor, out, prompts=prompts(64, seed=10 + run),
+                        pairs=sampler.pairs(96, prompt_seed=20 + run), rated=sampler.rated(96, prompt_seed=30 + run),
+                        reward_model_dir=rm_dir, kl_state=kl_state)
+        result = algorithms.train_policy(name, job, config)
+        meta = json.loads((out / META_FILE).read_text())
+        assert meta["algorithm"] == name and meta["reference"] == str(anchor) and meta["parent"] == str(policy)
+        assert check_finite(out) == []
+        kl = kl_between(out, anchor, prompts(16, seed=11), MAX_NEW, n_samples=4)
+        trace.append({"run": run, "digits": round(digits_per_answer(out), 2), "kl_to_anchor": round(kl, 2),
+                      "beta": result.get("kl_coef"), "train_seconds": result["seconds"],
+                      "device": result["device"]})
+        assert math.isfinite(kl) and kl <= KL_BUDGET, trace
+        if algorithms.get(name).uses_kl_controller:
+            # β resumes from the parent's controller and moves within the run
+            assert result["kl_coef_start"] == (kl_state["value"] if kl_state else config.init_kl_coef), trace
+            assert result["kl_coef"] != result["kl_coef_start"], trace
+            kl_state = result["kl_state"]
+        policy = out
+    return start_digits, trace
