@@ -73,19 +73,20 @@ def sample_feedback(policy_dir: Path, version: str, users, prompts: list[str], n
         ids = list(answers)
         pair = [(texts[2 * i + j], finished[2 * i + j]) for j in range(2)]
         ev = FeedbackEvent(event_id=f"c{round_no}-{i}", kind="comparison", rater=user.user_id,
-                           target="|".join(ids), response_ids=ids, choice=user.choose(*pair))
+                           target="|".join(ids), response_ids=ids, choice=user.choose(*pair, prompt=prompt))
         records.append({"stream_id": f"{round_no}-{2 * i}", "event": ev.model_dump(), "answers": answers,
                         "snapshot_run": f"round{round_no}"})
         if user.rng.random() < 0.4:
             k = user.rng.randrange(2)
             ev = FeedbackEvent(event_id=f"t{round_no}-{i}", kind="thumb", rater=user.user_id, target=ids[k],
-                               response_id=ids[k], rating=user.thumb(pair[k]))
+                               response_id=ids[k], rating=user.thumb(pair[k], prompt=prompt))
             records.append({"stream_id": f"{round_no}-{2 * i + 1}", "event": ev.model_dump(),
                             "answers": {ids[k]: answers[ids[k]]}, "snapshot_run": f"round{round_no}"})
     return records
 
 
-def hidden_scores(policy_dir: Path, prompts: list[str], max_tokens: int) -> tuple[list[float], list[str]]:
+def hidden_scores(policy_dir: Path, prompts: list[str], max_tokens: int, preference: str | None = None
+                  ) -> tuple[list[float], list[str]]:
     from demo.personas import hidden_score
     from trainer.data import PromptItem
     from trainer.evaluate import generate_answers
@@ -94,7 +95,7 @@ def hidden_scores(policy_dir: Path, prompts: list[str], max_tokens: int) -> tupl
     answers = generate_answers(policy_dir, [PromptItem([{"role": "user", "content": p}]) for p in prompts],
                                max_new_tokens=max_tokens, greedy=True)
     finished = [len(tok(a, add_special_tokens=False).input_ids) < max_tokens - 1 for a in answers]
-    return [hidden_score(a, f) for a, f in zip(answers, finished)], answers
+    return [hidden_score(a, f, p, preference=preference) for p, a, f in zip(prompts, answers, finished)], answers
 
 
 def win_rate(scores: list[float], base: list[float]) -> float:
@@ -108,7 +109,7 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
     from trainer import algorithms
     from worker.datasets import build_training_sets
     from worker.gate import run_gate
-    from worker.training import latest_reward_model, train_policy_step, train_reward_model_step
+    from worker.training import judge_reward_models, train_policy_step, train_reward_model_step
 
     data = root / name
     settings = Settings(data_dir=data, algorithm=name, algorithm_overrides=json.dumps(
@@ -118,7 +119,7 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
     reg = artifacts.policies(settings)
     served = reg.publish(model, {"parent": None, "note": "v0"})
     reg.set_current(served)
-    users = make_population(16, args.seed)
+    users = make_population(16, args.seed, preference=args.preference)
     rng = random.Random(args.seed)
     records: list[dict] = []
     rounds = []
@@ -149,8 +150,10 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
                                                      stats, None)
         row["policy_seconds"] = round(time.time() - t, 1)
         t = time.time()
-        gate = run_gate(policy_dir, reg.path(served), reg.path("v0"), rm_dir or latest_reward_model(settings),
-                        sets.heldout_prompts or sets.train_prompts, settings, eval_pairs=sets.eval_pairs)
+        rm_id = rm_dir.name if rm_dir else None
+        gate = run_gate(policy_dir, reg.path(served), reg.path("v0"), sets.heldout_prompts or sets.train_prompts,
+                        settings, judges=judge_reward_models(settings, exclude=rm_id), own_rm=rm_dir,
+                        own_rm_accuracy=row.get("rm_heldout_accuracy"), eval_pairs=sets.eval_pairs)
         row["gate_seconds"] = round(time.time() - t, 1)
         row["round_seconds"] = round(row["rm_seconds"] + row["policy_seconds"] + row["gate_seconds"], 1)
         version = reg.publish(policy_dir, {"parent": served, "gate": gate, **meta,
@@ -159,7 +162,8 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
                    candidate_kl_to_anchor=gate["metrics"].get("kl_to_anchor"),
                    candidate_pref_accuracy=gate["metrics"].get("pref_accuracy"),
                    candidate_rm_gain=gate["metrics"].get("rm_gain"))
-        scores, answers = hidden_scores(reg.path(version), prompts["heldout"][: args.eval_prompts], args.max_tokens)
+        scores, answers = hidden_scores(reg.path(version), prompts["heldout"][: args.eval_prompts], args.max_tokens,
+                                        args.preference)
         row["candidate_win_rate_vs_v0"] = win_rate(scores, base_scores)
         row["candidate_mean_words"] = sum(len(a.split()) for a in answers) / len(answers)
         row["candidate_examples"] = answers[:3]
@@ -208,6 +212,7 @@ def main() -> int:
     p.add_argument("--gate-prompts", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preference", default=None, help="demo preference (default: the demo's default)")
     p.add_argument("--model", help="HF folder (default: SmolLM2-135M-Instruct from the wheel)")
     p.add_argument("--config", action="append", default=[], metavar="ALGO=JSON", help="config overrides")
     p.add_argument("--out", default="algorithms")
@@ -225,7 +230,8 @@ def main() -> int:
         else:
             from common.smollm2 import ensure_smollm2
             model = ensure_smollm2(os.environ.get("RLHF_DATA_DIR", ".rlhf-data"))
-        base_scores, _ = hidden_scores(model, prompts["heldout"][: args.eval_prompts], args.max_tokens)
+        base_scores, _ = hidden_scores(model, prompts["heldout"][: args.eval_prompts], args.max_tokens,
+                                       args.preference)
         results = {}
         for name in args.algorithms.split(","):
             results[name] = run_algorithm(name, model, args, prompts, base_scores, root)

@@ -97,7 +97,14 @@ class Settings(BaseSettings):
 
     # --- promotion gate ----------------------------------------------------------------
     gate_min_rm_gain: float = 0.0
-    """New policy's mean RM score on held-out prompts must beat the served one by more than this."""
+    """The paired-bootstrap 95% lower bound of the candidate's per-prompt gain over the served
+    version (normalised scores of the independent judge RMs) must be above this."""
+    gate_judges: int = 2
+    """How many of the newest published RMs, other than the one the candidate trained against, judge it."""
+    gate_min_rm_accuracy: float = 0.55
+    """A candidate optimised against an RM whose held-out pair accuracy is not above this is refused."""
+    gate_max_degenerate: int = 0
+    """Degenerate answers (common/degeneracy.py) allowed among the candidate's gate answers."""
     gate_max_kl: float = 10.0
     """Refuse a policy whose KL to the served policy (nats/answer) exceeds this (one round's step;
     the drift across rounds is bounded by kl_budget against the anchor)."""

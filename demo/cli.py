@@ -55,6 +55,11 @@ def add_commands(sub) -> None:
     p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig (algorithm ppo)")
     p.add_argument("--rm", default="{}", help="JSON overrides of RMConfig")
     p.add_argument("--seed", type=int, default=0)
+    # pure Python (no torch): cheap enough to import just to list the choices in --help
+    from demo.personas import DEFAULT_PREFERENCE, PREFERENCES
+    p.add_argument("--preference", choices=sorted(PREFERENCES), default=DEFAULT_PREFERENCE,
+                   help="the simulated users' hidden preference (default %(default)s): " +
+                        "; ".join(f"{n} = {pref.description.rstrip('.')}" for n, pref in PREFERENCES.items()))
     p.set_defaults(handler=_demo)
 
 
@@ -89,24 +94,26 @@ def _demo(args) -> int:
     signal.signal(signal.SIGTERM, _as_interrupt)
     signal.signal(signal.SIGHUP, _as_interrupt)
     try:
-        return run_demo(model, out, preset, base, seed=args.seed)
+        return run_demo(model, out, preset, base, seed=args.seed, preference=args.preference)
     except KeyboardInterrupt:
         print("\ninterrupted: every process was stopped", file=sys.stderr)
         return 130
 
 
-def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int:
+def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, preference: str | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from common import artifacts
     from common.registry import ModelRegistry
     from common.settings import Settings
     from demo import evaluate, report
     from demo.loop import RoundResult, Users, dump, history_len, wait_for_pipeline
-    from demo.personas import make_population
+    from demo.personas import get_preference, make_population
     from demo.stack import Stack, free_port
 
     console = Console()
+    pref = get_preference(preference)  # an unknown name fails here, before any process starts
     prompts = json.loads((Path(__file__).parent / "data" / "prompts.json").read_text())
     api_key, admin = "demo-" + secrets.token_hex(8), secrets.token_hex(16)
     port = free_port()
@@ -121,7 +128,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
            "RLHF_GATE_EVAL_PROMPTS": "12", "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
            "RLHF_MAX_MODEL_LEN": "1024", "RLHF_TORCH_THREADS": os.environ.get("RLHF_TORCH_THREADS", "1"), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "TOKENIZERS_PARALLELISM": "false"}
-    console.print(f"[bold]rlhf demo[/] model={model} out={out} preset={asdict(preset)}")
+    console.print(f"[bold]rlhf demo[/] model={model} out={out} preference={pref.name} preset={asdict(preset)}")
     rounds: list[dict] = []
     started = time.time()
     with Stack(out / "logs", env) as stack:
@@ -135,7 +142,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
         base_url = f"http://127.0.0.1:{port}"
         with console.status("starting the API server (vLLM engine) ..."):
             stack.wait_http(f"{base_url}/health", timeout=600, what="API server")
-        users = Users(base_url, api_key, make_population(preset.n_users, seed), prompts["train"],
+        users = Users(base_url, api_key, make_population(preset.n_users, seed, pref.name), prompts["train"],
                       preset.max_tokens, seed)
         console.print(f"server up in {time.time() - started:.0f}s, serving {users.served_version()}")
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -174,15 +181,17 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0) -> int
     registry = ModelRegistry(settings.models_dir)
     with console.status("scoring every version on held-out prompts ...") as st:
         rows = evaluate.evaluate_versions(registry, prompts["heldout"][: preset.eval_prompts], preset.max_tokens,
-                                          on_version=lambda v: st.update(f"scoring {v} on held-out prompts ..."))
+                                          on_version=lambda v: st.update(f"scoring {v} on held-out prompts ..."),
+                                          preference=pref.name, reward_models=artifacts.reward_models(settings))
     steps = evaluate.ppo_steps(registry)
     evaluate.save(rows, out / "versions.json")
-    images = report.plots(rows, steps, out)
-    line = (f"Model `{model.name}`, {preset.rounds} rounds × {preset.interactions_per_round} chats "
+    images = report.plots(rows, steps, out, rounds=rounds)
+    line = (f"Preference `{pref.name}`. Model `{model.name}`, {preset.rounds} rounds × "
+            f"{preset.interactions_per_round} chats "
             f"(n=2) by {preset.n_users} simulated users; loop {loop_s / 60:.1f} min, total "
             f"{(time.time() - started) / 60:.1f} min on {os.cpu_count()} CPU cores.")
-    md = report.write_markdown(rows, rounds, line, images, out)
-    console.print(report.rich_table(rows))
+    md = report.write_markdown(rows, rounds, line, images, out, preference=pref.name, preference_text=pref.describe())
+    console.print(report.rich_table(rows, pref.name))
     console.print(f"report: {md}  plots: {', '.join(str(p) for p in images)}")
     return 0 if rows else 1
 

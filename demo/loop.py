@@ -66,12 +66,12 @@ class Users:
         ans = [(c.message.content or "", c.finish_reason == "stop") for c in (a, b)]
         sent = errors = 0
         r = self.http.post("/v1/comparisons", json={"response_ids": ids, "user": user.user_id,
-                                                     "choice": user.choose(*ans)})
+                                                     "choice": user.choose(*ans, prompt=prompt)})
         sent, errors = sent + (r.status_code < 300), errors + (r.status_code >= 300)
         if user.rng.random() < 0.4:
             k = user.rng.randrange(2)
             r = self.http.post("/v1/feedback", json={"response_id": ids[k], "user": user.user_id,
-                                                      "rating": user.thumb(ans[k])})
+                                                      "rating": user.thumb(ans[k], prompt=prompt)})
             sent, errors = sent + (r.status_code < 300), errors + (r.status_code >= 300)
         return sent, errors
 

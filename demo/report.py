@@ -3,13 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
+def _degenerate(row: dict) -> str:
+    n = row.get("degenerate_count")
+    return "-" if n is None else f"{n}/{row.get('eval_prompts', '?')}"
+
+
+# (title, row key, format string or a function of the whole row)
 COLUMNS = [("version", "version", "{}"), ("algorithm", "algorithm", "{}"), ("win vs v0", "win_rate_vs_v0", "{:.0%}"),
            ("hidden score", "hidden_score", "{:+.3f}"), ("words", "mean_words", "{:.1f}"),
-           ("KL to v0", "kl_to_v0", "{:.3f}"), ("RM acc", "rm_accuracy", "{:.0%}"),
+           ("degenerate", "degenerate_count", _degenerate),
+           ("KL to v0", "kl_to_v0", "{:.3f}"), ("KL to anchor", "kl_to_anchor", "{:.3f}"),
+           ("RM acc", "rm_accuracy", "{:.0%}"), ("RM–length corr", "rm_length_correlation", "{:+.2f}"),
            ("feedback used", "feedback_used", "{}"), ("gate", "gate", "{}")]
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
+def _cell(row: dict, key: str, fmt) -> str:
+    if callable(fmt):
+        return fmt(row)
     v = row.get(key)
     if v is None:
         return "-"
@@ -19,9 +30,10 @@ def _cell(row: dict, key: str, fmt: str) -> str:
         return str(v)
 
 
-def rich_table(rows: list[dict]):
+def rich_table(rows: list[dict], preference: str | None = None):
     from rich.table import Table
-    t = Table(title="Versions on held-out prompts, scored by the users' hidden preference")
+    who = f"'{preference}'" if preference else "the users'"
+    t = Table(title=f"Versions on held-out prompts, scored by {who} hidden preference")
     for title, _, _ in COLUMNS:
         t.add_column(title)
     for r in rows:
@@ -36,7 +48,28 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join([head, sep, *body])
 
 
-def plots(rows: list[dict], steps: list[dict], out: Path) -> list[Path]:
+def learning_curve_points(rows: list[dict], rounds: list[dict]) -> list[dict]:
+    """Win-rate vs v0 of each version against the cumulative feedback events sent by the time
+    the pipeline produced it (rounds.json: each round's feedback_events and pipeline record).
+    v0 sits at 0 events; versions no round produced (published by hand) are left out.
+    `served`: whether the gate let the version through (a rejected one was never served)."""
+    by_version = {r["version"]: r for r in rows}
+    points = []
+    if rows:
+        points.append({"version": rows[0]["version"], "events": 0,
+                       "win_rate": rows[0].get("win_rate_vs_v0", 0.5), "served": True})
+    events = 0
+    for rnd in rounds:
+        events += rnd.get("feedback_events") or 0
+        pipe = rnd.get("pipeline") or {}
+        row = by_version.get(pipe.get("version") or "")
+        if row is not None and row is not rows[0]:
+            points.append({"version": row["version"], "events": events, "win_rate": row["win_rate_vs_v0"],
+                           "served": pipe.get("state") == "succeeded"})
+    return points
+
+
+def plots(rows: list[dict], steps: list[dict], out: Path, rounds: list[dict] | None = None) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -57,6 +90,9 @@ def plots(rows: list[dict], steps: list[dict], out: Path) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
+
+    if rounds is not None:
+        paths.append(learning_curve_plot(learning_curve_points(rows, rounds), out / "learning_curve.png"))
 
     if steps:
         keys = [k for k in ("reward_raw", "reward", "kl", "kl_coef", "loss", "reward_accuracy",
@@ -79,10 +115,41 @@ def plots(rows: list[dict], steps: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def learning_curve_plot(points: list[dict], path: Path) -> Path:
+    """Served versions joined by a line; gate-rejected ones as red crosses off the line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    served = [p for p in points if p["served"]]
+    ax.plot([p["events"] for p in served], [p["win_rate"] for p in served], marker="o", c="tab:green",
+            label="served")
+    rejected = [p for p in points if not p["served"]]
+    if rejected:
+        ax.scatter([p["events"] for p in rejected], [p["win_rate"] for p in rejected], marker="x", c="tab:red",
+                   label="rejected by the gate", zorder=3)
+    for p in points:
+        ax.annotate(p["version"], (p["events"], p["win_rate"]), textcoords="offset points", xytext=(4, 4))
+    ax.axhline(0.5, ls="--", c="grey")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("feedback events so far (cumulative)")
+    ax.set_ylabel("win-rate vs v0 (held-out)")
+    ax.set_title("learning curve")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_markdown(rows: list[dict], rounds: list[dict], settings_line: str, images: list[Path],
-                   out: Path) -> Path:
-    lines = ["# Live RLHF demo report", "", settings_line, "",
-             "## Versions (held-out prompts, hidden preference)", "", markdown_table(rows), ""]
+                   out: Path, preference: str | None = None, preference_text: str = "") -> Path:
+    title = "# Live RLHF demo report" + (f" — preference `{preference}`" if preference else "")
+    lines = [title, "", settings_line, ""]
+    if preference_text:
+        lines += [f"Hidden preference `{preference}`: {preference_text}", ""]
+    lines += ["## Versions (held-out prompts, hidden preference)", "", markdown_table(rows), ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
     lines += ["", "## Rounds", "", "| round | interactions | feedback events | errors | served before | pipeline | served after |",
               "|---|---|---|---|---|---|---|"]
@@ -91,6 +158,7 @@ def write_markdown(rows: list[dict], rounds: list[dict], settings_line: str, ima
         lines.append(f"| {r['round']} | {r['interactions']} | {r['feedback_events']} | {r['errors']} | "
                      f"{r['served_before']} | {pipe.get('state', '-')} {pipe.get('version', '')} "
                      f"{(pipe.get('error') or '')[:80]} | {r['served_after']} |")
+    lines += gate_lines(rows) + degenerate_lines(rows)
     lines += ["", "## Example answers (held-out)", ""]
     for r in rows:
         for ex in r.get("examples", [])[:2]:
@@ -98,3 +166,28 @@ def write_markdown(rows: list[dict], rounds: list[dict], settings_line: str, ima
     p = out / "report.md"
     p.write_text("\n".join(lines) + "\n")
     return p
+
+
+def gate_lines(rows: list[dict]) -> list[str]:
+    gated = [r for r in rows if r.get("gate")]
+    if not gated:
+        return []
+    out = ["", "## Gate decisions", ""]
+    for r in gated:
+        reasons = r.get("gate_reasons") or []
+        verdict = "passed" if r["gate"] == "pass" else "refused"
+        out.append(f"- **{r['version']}** {verdict}" + (": " + "; ".join(reasons) if reasons else ""))
+    return out
+
+
+def degenerate_lines(rows: list[dict]) -> list[str]:
+    """A few degenerate held-out answers per version, with why (common/degeneracy.py)."""
+    bad = [r for r in rows if r.get("degenerate_examples")]
+    out = ["", "## Degenerate answers (held-out)", ""]
+    if not bad:
+        return out + ["None: every version's held-out answers passed the degeneracy check."]
+    for r in bad:
+        out.append(f"- **{r['version']}** ({_degenerate(r)}):")
+        for ex in r["degenerate_examples"]:
+            out.append(f"  - _{ex['prompt']}_ → {ex['answer'][:120]!r} ({'; '.join(ex['reasons'])})")
+    return out

@@ -1,40 +1,57 @@
-"""Step 4: decide whether a freshly trained policy may replace the served one.
+"""Step 4: decide whether a freshly trained policy may replace the served one — a gate the
+optimiser cannot fool. On held-out prompts (greedy answers of candidate, served and anchor), it
+refuses on, each reason recorded in the version metadata:
 
-Refuses on non-finite weights, a failed sanity probe, no reward gain on held-out prompts, too
-much drift (KL) from the served policy in one round or from the anchor over all rounds (the KL
-budget), or less agreement with held-out human pairs than the served version. Every reason is
-recorded in the version metadata.
+- non-finite weights;
+- any degenerate answer (common/degeneracy.py, against the anchor's answer to the same prompt;
+  the probe prompt is one of the prompts), more than `gate_max_degenerate` (default 0);
+- no reward gain: judged by *independent* reward models — the newest published ones other than
+  the RM this candidate was optimised against (an optimiser always "wins" against its own RM).
+  Per-prompt gains (normalised scores, averaged over judges) must have a paired-bootstrap 95%
+  lower bound above `gate_min_rm_gain`. Only when no other RM exists yet (the first RM-based
+  round) does its own RM judge, and the metrics say so;
+- a reward model at chance: an RM-trained candidate whose RM's held-out pair accuracy is not
+  above `gate_min_rm_accuracy`;
+- drift: KL to the served version above `gate_max_kl` (one round) or to the anchor above
+  `kl_budget` (all rounds);
+- less agreement with held-out human pairs than the served version (implicit preference
+  accuracy relative to the anchor, DPO-style).
 """
 from __future__ import annotations
 
-from collections import Counter
+import random
 from pathlib import Path
+from typing import Sequence
 
+from common.degeneracy import degenerate_reasons
 from common.settings import Settings
-from trainer.data import PromptItem
+from trainer.data import PromptItem, prompt_messages
 
 
-def degenerate(text: str) -> str | None:
-    """Why a probe answer looks broken, or None if it looks like text."""
-    if not text.strip():
-        return "empty answer"
-    words = text.split()
-    if len(words) >= 8:
-        top = Counter(words).most_common(1)[0][1]
-        if top / len(words) > 0.6:
-            return f"repetitive answer ({top}/{len(words)} words identical)"
-    return None
+def paired_bootstrap_lower_bound(diffs: Sequence[float], confidence: float = 0.95, n_boot: int = 2000,
+                                 seed: int = 0) -> float:
+    """One-sided lower confidence bound of mean(diffs) by the percentile bootstrap: resample the
+    per-prompt differences with replacement `n_boot` times and take the (1 - confidence)
+    quantile of the resampled means. Paired: each diff is candidate - served on one prompt."""
+    if not diffs:
+        return float("nan")
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choice(diffs) for _ in range(n)) / n for _ in range(n_boot))
+    return means[int((1.0 - confidence) * n_boot)]
 
 
-def run_gate(candidate: Path, served: Path, anchor: Path, rm_dir: Path | None, prompts: list[PromptItem],
-             settings: Settings, eval_pairs: list | None = None) -> dict:
-    """Every check below is recorded in `metrics`; every failed one adds a reason.
+def _user_text(messages: list[dict]) -> str:
+    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
 
-    rm_dir: the reward model to judge gain with (None = no RM exists yet: the check is skipped and
-    said so). eval_pairs: held-out human pairs for the implicit-preference check.
-    """
+
+def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptItem], settings: Settings,
+             judges: Sequence[Path] = (), own_rm: Path | None = None, own_rm_accuracy: float | None = None,
+             eval_pairs: list | None = None) -> dict:
+    """judges: independent RMs (newest first); own_rm: the RM the candidate was optimised against
+    (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy."""
     from trainer.evaluate import (check_finite, generate_answers, implicit_preference_accuracies,
-                                  kl_to_references, mean_rm_score)
+                                  kl_to_references)
 
     reasons: list[str] = []
     metrics: dict = {}
@@ -42,40 +59,58 @@ def run_gate(candidate: Path, served: Path, anchor: Path, rm_dir: Path | None, p
     if bad:
         return {"passed": False, "reasons": [f"non-finite weights in {len(bad)} tensors: {bad[:3]}"],
                 "metrics": metrics}
+    probe = PromptItem([{"role": "user", "content": settings.probe_prompt}])
+    prompts = [probe] + list(prompts[: settings.gate_eval_prompts])
+    n = settings.gate_max_new_tokens
+    new = generate_answers(candidate, prompts, max_new_tokens=n, greedy=True)
+    old = generate_answers(served, prompts, max_new_tokens=n, greedy=True)
+    base = old if Path(served) == Path(anchor) else generate_answers(anchor, prompts, max_new_tokens=n, greedy=True)
+    metrics.update(gate_prompts=len(prompts), probe_answer=new[0])
 
-    probe = [PromptItem([{"role": "user", "content": settings.probe_prompt}])]
-    probe_answer = generate_answers(candidate, probe, max_new_tokens=32, greedy=True)[0]
-    metrics["probe_answer"] = probe_answer
-    why = degenerate(probe_answer)
-    if why:
-        reasons.append(f"sanity probe failed: {why}")
+    # 1. degeneracy on every answer
+    bad_answers = []
+    for p, a, ref in zip(prompts, new, base):
+        why = degenerate_reasons(a, _user_text(prompt_messages(p)), ref)
+        if why:
+            bad_answers.append({"prompt": _user_text(prompt_messages(p)), "answer": a, "reasons": why})
+    metrics.update(degenerate_answers=len(bad_answers), degenerate_examples=bad_answers[:3])
+    if len(bad_answers) > settings.gate_max_degenerate:
+        first = bad_answers[0]
+        reasons.append(f"{len(bad_answers)}/{len(prompts)} degenerate answers (allowed "
+                       f"{settings.gate_max_degenerate}), e.g. {first['answer'][:60]!r}: {first['reasons'][0]}")
 
-    prompts = prompts[: settings.gate_eval_prompts]
-    if prompts:
-        n = settings.gate_max_new_tokens
-        metrics["gate_prompts"] = len(prompts)
-        if rm_dir is not None:
-            new = generate_answers(candidate, prompts, max_new_tokens=n, greedy=True)
-            old = generate_answers(served, prompts, max_new_tokens=n, greedy=True)
-            new_score, old_score = mean_rm_score(rm_dir, prompts, new), mean_rm_score(rm_dir, prompts, old)
-            gain = new_score - old_score
-            metrics.update(rm_score_new=new_score, rm_score_served=old_score, rm_gain=gain,
-                           gate_reward_model=str(rm_dir))
-            if not gain > settings.gate_min_rm_gain:
-                reasons.append(f"no reward gain on held-out prompts ({gain:+.4f} <= {settings.gate_min_rm_gain})")
-        else:
-            metrics["rm_gain"] = None
-            metrics["rm_gain_skipped"] = "no reward model published yet"
-        kls = kl_to_references(candidate, {"served": served, "anchor": anchor}, prompts,
-                               max_new_tokens=n, n_samples=2)
-        metrics.update(kl_to_served=kls["served"], kl_to_anchor=kls["anchor"])
-        if kls["served"] > settings.gate_max_kl:
-            reasons.append(f"KL to served policy {kls['served']:.3f} > bound {settings.gate_max_kl}")
-        if kls["anchor"] > settings.kl_budget:
-            reasons.append(f"KL to anchor {kls['anchor']:.3f} > budget {settings.kl_budget}")
+    # 2. reward gain by independent judges, with a paired bootstrap bound
+    judge_dirs = [Path(j) for j in judges if own_rm is None or Path(j) != Path(own_rm)][: settings.gate_judges]
+    if not judge_dirs and own_rm is not None:
+        judge_dirs = [Path(own_rm)]
+        metrics["judge_note"] = "no independent reward model yet: judged by the candidate's own RM"
+    if judge_dirs:
+        diffs = _judged_diffs(judge_dirs, prompts, new, old)
+        bound = paired_bootstrap_lower_bound(diffs)
+        metrics.update(judges=[j.name for j in judge_dirs], rm_gain=sum(diffs) / len(diffs),
+                       rm_gain_lower_bound=bound)
+        if not bound > settings.gate_min_rm_gain:
+            reasons.append(f"no reward gain on held-out prompts by {', '.join(j.name for j in judge_dirs)} "
+                           f"(95% lower bound {bound:+.3f} <= {settings.gate_min_rm_gain}; mean "
+                           f"{metrics['rm_gain']:+.3f})")
     else:
-        reasons.append("no held-out prompts to evaluate on")
+        metrics.update(rm_gain=None, rm_gain_skipped="no reward model published yet")
+    if own_rm is not None and own_rm_accuracy is not None:
+        metrics["own_rm_accuracy"] = own_rm_accuracy
+        if not own_rm_accuracy > settings.gate_min_rm_accuracy:
+            reasons.append(f"trained against a reward model at chance (held-out accuracy "
+                           f"{own_rm_accuracy:.2f} <= {settings.gate_min_rm_accuracy})")
 
+    # 3. drift, per round and from the anchor
+    kls = kl_to_references(candidate, {"served": served, "anchor": anchor}, prompts[1:] or prompts,
+                           max_new_tokens=n, n_samples=2)
+    metrics.update(kl_to_served=kls["served"], kl_to_anchor=kls["anchor"])
+    if kls["served"] > settings.gate_max_kl:
+        reasons.append(f"KL to served policy {kls['served']:.3f} > bound {settings.gate_max_kl}")
+    if kls["anchor"] > settings.kl_budget:
+        reasons.append(f"KL to anchor {kls['anchor']:.3f} > budget {settings.kl_budget}")
+
+    # 4. agreement with held-out human pairs
     if eval_pairs and len(eval_pairs) >= settings.gate_min_pref_pairs:
         acc = implicit_preference_accuracies({"candidate": candidate, "served": served}, anchor, eval_pairs)
         metrics.update(pref_accuracy=acc["candidate"], pref_accuracy_served=acc["served"],
@@ -84,3 +119,15 @@ def run_gate(candidate: Path, served: Path, anchor: Path, rm_dir: Path | None, p
             reasons.append(f"agrees less with held-out human pairs than the served version "
                            f"({acc['candidate']:.2f} < {acc['served']:.2f} - {settings.gate_max_pref_drop})")
     return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
+
+
+def _judged_diffs(judges: list[Path], prompts: list[PromptItem], new: list[str], old: list[str]) -> list[float]:
+    """Per prompt: mean over judges of normalised score(candidate) - score(served)."""
+    from trainer.reward_model import RewardModel
+    messages = [prompt_messages(p) for p in prompts]
+    totals = [0.0] * len(prompts)
+    for j in judges:
+        rm = RewardModel.load(j)
+        for i, (a, b) in enumerate(zip(rm.normalised(messages, new), rm.normalised(messages, old))):
+            totals[i] += (a - b) / len(judges)
+    return totals

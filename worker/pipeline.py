@@ -102,7 +102,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     from trainer import algorithms
     from trainer.data import write_jsonl
     from worker.gate import run_gate
-    from worker.training import latest_reward_model, remove_work, train_policy_step, train_reward_model_step
+    from worker.training import judge_reward_models, remove_work, train_policy_step, train_reward_model_step
 
     algo = algorithms.get(settings.algorithm)   # an unknown name fails the run before any work
     reg = artifacts.policies(settings)
@@ -160,9 +160,9 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     if not gate_prompts:  # tiny data sets: better a gate on seen prompts than none
         gate_prompts = sets.train_prompts
         stats["gate_prompts_not_heldout"] = True
-    # RM-free algorithms are judged by the newest published RM when one exists.
-    gate = run_gate(policy_work, served_dir, reg.path(anchor), rm_dir or latest_reward_model(settings),
-                    gate_prompts, settings, eval_pairs=sets.eval_pairs)
+    gate = run_gate(policy_work, served_dir, reg.path(anchor), gate_prompts, settings,
+                    judges=judge_reward_models(settings, exclude=rm_id), own_rm=rm_dir,
+                    own_rm_accuracy=rm_metrics.get("heldout_accuracy"), eval_pairs=sets.eval_pairs)
 
     status.step("publish", gate=gate)
     meta = {"parent": served, "run_id": run_id, "reason": reason, "snapshot": str(snap.path),

@@ -95,10 +95,10 @@ def train_policy_step(settings: Settings, sets, run_id: str, served: str, anchor
     return job.out_dir, result, meta
 
 
-def latest_reward_model(settings: Settings) -> Path | None:
+def judge_reward_models(settings: Settings, exclude: str | None = None) -> list[Path]:
+    """Published RMs newest first, except `exclude` (the one the candidate was trained against)."""
     rms = artifacts.reward_models(settings)
-    latest = rms.latest()
-    return rms.path(latest) if latest else None
+    return [rms.path(v) for v in reversed(rms.versions()) if v != exclude][: settings.gate_judges]
 
 
 def _scalars(metrics: dict) -> dict:

@@ -39,7 +39,8 @@ def live(redis_server, tiny_model_dir, tmp_path_factory):
         **__import__("os").environ,
         "RLHF_REDIS_URL": redis_server.url, "RLHF_DATA_DIR": str(data), "RLHF_ADMIN_TOKEN": ADMIN,
         "RLHF_ALGORITHM": "ppo",   # the slowest path: the kill test needs time inside training
-        "RLHF_KL_BUDGET": "1e9", "RLHF_GATE_MAX_PREF_DROP": "1",
+        "RLHF_KL_BUDGET": "1e9", "RLHF_GATE_MAX_PREF_DROP": "1", "RLHF_GATE_MAX_DEGENERATE": "1000",
+        "RLHF_GATE_MIN_RM_ACCURACY": "-1",
         "RLHF_PPO_OVERRIDES": json.dumps({"steps": 3, "batch_size": 4, "mini_batch_size": 2,
                                           "max_new_tokens": 12, "show_progress_bar": False}),
         "RLHF_RM_OVERRIDES": json.dumps({"epochs": 1, "batch_size": 4, "show_progress_bar": False}),

@@ -24,6 +24,7 @@ from worker.pipeline import run_pipeline
 from worker.tasks import maybe_retrain
 
 OPEN_GATE = dict(gate_min_rm_gain=-1e9, gate_max_kl=1e9, kl_budget=1e9, gate_max_pref_drop=1.0,
+                 gate_max_degenerate=1000, gate_min_rm_accuracy=-1.0,
                  gate_eval_prompts=3, gate_max_new_tokens=8, deploy_confirm_timeout_s=0.2)
 
 

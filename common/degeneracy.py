@@ -1,0 +1,79 @@
+"""Degenerate answers, defined once: the gate, the demo report and the tests all call
+`degenerate_reasons`. Pure Python, no model, so it is cheap enough to run on every gate answer.
+
+An answer is degenerate when (each clause is a reason string; [] = healthy):
+- empty: nothing but whitespace;
+- far too short: fewer than `min_words` words, or, when the anchor's answer to the same prompt is
+  given, fewer than `min_length_ratio` x its words (catches "Laughing." for a 50-word anchor while
+  a 12-word concise answer passes);
+- repetitive: one word is more than 60% of an 8+ word answer, or repeated word n-grams
+  (n = `ngram`) make up more than `max_repeated_ngram_share` of all its n-grams
+  ("la femme au roi, la femme au roi, la femme au roi");
+- off the prompt: it shares no content word with the prompt *and* none with the anchor's answer
+  (content word = 4+ letters, not a stop word, compared on their first 5 letters, so "glacier" and
+  "glaciers" match). The anchor's answer stands in for the topic's vocabulary: "Paris" answers
+  "What is the capital of France?" without repeating a word of it, but the anchor says "Paris" too.
+  Only answers of 3+ words are judged on relevance (shorter ones fall to the length clause).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+STOP_WORDS = frozenset("""
+about above after again against also because been before being below between both could does doing
+down during each even every from further have having here hers herself himself into itself just
+more most much must myself only other ours ourselves over same should some such than that their
+theirs them themselves then there these they this those through under until very what when where
+which while whom with would your yours yourself yourselves will shall make made tell like know
+please thing things really well want need give write explain something anything""".split())
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text or "")
+
+
+def content_stems(text: str) -> set[str]:
+    """Lower-cased content words cut to 5 letters (a cheap stemmer: plural/tense endings drop)."""
+    return {w.lower()[:5] for w in words(text) if len(w) >= 4 and w.lower() not in STOP_WORDS}
+
+
+def repeated_ngram_share(tokens: list[str], n: int) -> float:
+    """Share of the answer's word n-grams that repeat an earlier one (0 = no repetition)."""
+    grams = [tuple(t.lower() for t in tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return sum(c - 1 for c in Counter(grams).values()) / len(grams)
+
+
+def degenerate_reasons(answer: str, prompt: str, anchor_answer: str | None = None, *,
+                       min_words: int = 2, min_length_ratio: float = 0.06, ngram: int = 3,
+                       max_repeated_ngram_share: float = 0.25) -> list[str]:
+    """Why `answer` to `prompt` is degenerate ([] = it is not). See the module docstring."""
+    toks = words(answer)
+    if not answer or not answer.strip():
+        return ["empty answer"]
+    reasons = []
+    anchor_words = len(words(anchor_answer)) if anchor_answer else 0
+    floor = max(min_words, min_length_ratio * anchor_words)
+    if len(toks) < floor:
+        reasons.append(f"far too short ({len(toks)} words; anchor {anchor_words})" if anchor_words
+                       else f"far too short ({len(toks)} words)")
+    if len(toks) >= 8:
+        top = Counter(t.lower() for t in toks).most_common(1)[0][1]
+        if top / len(toks) > 0.6:
+            reasons.append(f"one word repeated ({top}/{len(toks)} words)")
+    share = repeated_ngram_share(toks, ngram)
+    if share > max_repeated_ngram_share:
+        reasons.append(f"repeated {ngram}-grams ({share:.0%} of the answer)")
+    if len(toks) >= 3:
+        topic = content_stems(prompt) | (content_stems(anchor_answer) if anchor_answer else set())
+        if topic and not (content_stems(answer) & topic):
+            reasons.append("does not address the prompt (no content word shared with it or the anchor's answer)")
+    return reasons
+
+
+def is_degenerate(answer: str, prompt: str, anchor_answer: str | None = None, **kwargs) -> bool:
+    return bool(degenerate_reasons(answer, prompt, anchor_answer, **kwargs))

@@ -1,0 +1,42 @@
+"""common.degeneracy: each clause on hand-made answers, and the failures the old gate let through."""
+from common.degeneracy import content_stems, degenerate_reasons, repeated_ngram_share, words
+
+ANCHOR = ("Glaciers are large bodies of ice that move slowly. Learning about them helps you understand "
+          "climate change, sea levels and the history of the landscape around you.")
+GLACIERS = "Why should I learn about glaciers?"
+
+
+def test_healthy_answers_pass():
+    assert degenerate_reasons("They show how the climate changed over thousands of years.", GLACIERS, ANCHOR) == []
+    # concise and sharing no word with the prompt, but on the anchor's topic ("Paris")
+    assert degenerate_reasons("It is Paris, of course.", "What is the capital of France?",
+                              "The capital of France is Paris.") == []
+
+
+def test_empty():
+    assert degenerate_reasons("   \n", GLACIERS) == ["empty answer"]
+
+
+def test_far_too_short_absolute_and_relative_to_anchor():
+    assert degenerate_reasons("Laughing.", GLACIERS) == ["far too short (1 words)"]
+    # 27-word anchor x 0.06 = 1.62 -> floor 2 words; with a 100-word anchor the floor is 6 words
+    long_anchor = " ".join(["glaciers"] + ["ice"] * 99)
+    assert "far too short (5 words; anchor 100)" in degenerate_reasons(
+        "Glaciers hold ice for ages.", GLACIERS, long_anchor)
+    assert degenerate_reasons("Glaciers hold ice for many ages.", GLACIERS, long_anchor) == []
+
+
+def test_repetition_single_word_and_ngrams():
+    assert repeated_ngram_share(words("a b c a b c"), 3) == 1 / 4     # abc bca cab abc: one repeat of 4
+    probe = "L'Étoile, la Marseillaise, la femme au roi, la femme au roi, la femme au roi"
+    reasons = degenerate_reasons(probe, "What is the capital of France?", "The capital of France is Paris.")
+    assert any(r.startswith("repeated 3-grams") for r in reasons)
+    assert any(r.startswith("one word repeated") for r in
+               degenerate_reasons("ice ice ice ice ice ice ice glaciers", GLACIERS, ANCHOR))
+
+
+def test_off_prompt():
+    reasons = degenerate_reasons("Bananas grow on tall green plants everywhere.", GLACIERS, ANCHOR)
+    assert reasons == ["does not address the prompt (no content word shared with it or the anchor's answer)"]
+    assert content_stems("Glaciers glacier LEARNING about") == {"glaci", "learn"}
+
