@@ -11,9 +11,11 @@ Per algorithm, starting from v0 (also the KL anchor), each round:
 3. the served version is scored on held-out prompts by the users' hidden preference
    (greedy answers, win-rate vs v0, a tie counts half).
 
-Timed per round: feedback generation (not part of the service: users' chats), RM, policy, gate.
-"round seconds" = RM + policy + gate = what the service spends from feedback to a new version,
-plus the swap (2.3 s measured in bench_hotswap). Writes bench/results/algorithms.json and
+Timed per round: feedback generation (not part of the service: users' chats), RM, policy (and the
+gate with --gate). "round seconds" = RM + policy (+ gate) = what the service spends from feedback
+to a new version, plus the gate and the swap (2.3 s measured in bench_hotswap). Without --gate
+every candidate is served next round (a trainer without a gate), so the algorithms are compared
+on their own learning; the gate is measured in the pipeline and the demo. Writes bench/results/algorithms.json and
 docs/algorithms.png.
 """
 from __future__ import annotations
@@ -102,14 +104,17 @@ def win_rate(scores: list[float], base: list[float]) -> float:
     return sum(1.0 if s > b + 1e-9 else 0.5 if abs(s - b) <= 1e-9 else 0.0 for s, b in zip(scores, base)) / len(base)
 
 
-def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list[float], root: Path) -> dict:
+def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list[float], root: Path) -> dict:  # noqa: C901
     from common import artifacts
     from common.settings import Settings
     from demo.personas import make_population
     from trainer import algorithms
     from worker.datasets import build_training_sets
     from worker.gate import run_gate
+    from trainer.data import PromptItem
+    from trainer.evaluate import kl_between
     from worker.training import judge_reward_models, train_policy_step, train_reward_model_step
+    kl_prompts = [PromptItem([{"role": "user", "content": p}]) for p in prompts["heldout"][: args.gate_prompts]]
 
     data = root / name
     settings = Settings(data_dir=data, algorithm=name, algorithm_overrides=json.dumps(
@@ -150,17 +155,20 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
                                                      stats, None)
         row["policy_seconds"] = round(time.time() - t, 1)
         t = time.time()
-        rm_id = rm_dir.name if rm_dir else None
-        gate = run_gate(policy_dir, reg.path(served), reg.path("v0"), sets.heldout_prompts or sets.train_prompts,
-                        settings, judges=judge_reward_models(settings, exclude=rm_id), own_rm=rm_dir,
-                        own_rm_accuracy=row.get("rm_heldout_accuracy"), eval_pairs=sets.eval_pairs)
+        if args.gate:
+            rm_id = rm_dir.name if rm_dir else None
+            gate = run_gate(policy_dir, reg.path(served), reg.path("v0"), sets.heldout_prompts or sets.train_prompts,
+                            settings, judges=judge_reward_models(settings, exclude=rm_id), own_rm=rm_dir,
+                            own_rm_accuracy=row.get("rm_heldout_accuracy"), eval_pairs=sets.eval_pairs)
+            kl = gate["metrics"].get("kl_to_anchor")
+        else:  # every candidate is served next round, as in a trainer without a gate
+            gate = {"passed": True, "reasons": [], "metrics": {}}
+            kl = kl_between(policy_dir, reg.path("v0"), kl_prompts, args.max_tokens, n_samples=2)
         row["gate_seconds"] = round(time.time() - t, 1)
-        row["round_seconds"] = round(row["rm_seconds"] + row["policy_seconds"] + row["gate_seconds"], 1)
-        version = reg.publish(policy_dir, {"parent": served, "gate": gate, **meta,
-                                           "kl_to_anchor": gate["metrics"].get("kl_to_anchor")}, move=True)
+        row["round_seconds"] = round(row["rm_seconds"] + row["policy_seconds"] + (row["gate_seconds"] if args.gate else 0), 1)
+        version = reg.publish(policy_dir, {"parent": served, "gate": gate, **meta, "kl_to_anchor": kl}, move=True)
         row.update(candidate=version, gate_passed=gate["passed"], gate_reasons=gate["reasons"],
-                   candidate_kl_to_anchor=gate["metrics"].get("kl_to_anchor"),
-                   candidate_pref_accuracy=gate["metrics"].get("pref_accuracy"),
+                   candidate_kl_to_anchor=kl, candidate_pref_accuracy=gate["metrics"].get("pref_accuracy"),
                    candidate_rm_gain=gate["metrics"].get("rm_gain"))
         scores, answers = hidden_scores(reg.path(version), prompts["heldout"][: args.eval_prompts], args.max_tokens,
                                         args.preference)
@@ -195,7 +203,7 @@ def plot(results: dict, path: Path) -> None:
         axes[2].bar(name, res["mean_round_seconds"])
     axes[0].set(title="candidate win-rate vs v0 (held-out, hidden taste)", xlabel="round", ylim=(0, 1))
     axes[1].set(title="candidate KL to anchor (nats/answer)", xlabel="round")
-    axes[2].set(title="service seconds per round (RM+policy+gate)")
+    axes[2].set(title="training seconds per round (RM + policy)")
     axes[0].legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,10 +214,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algorithms", default="dpo,kto,rloo,online_dpo,ppo")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--interactions", type=int, default=48, help="chats (n=2 comparisons) per round")
+    p.add_argument("--interactions", type=int, default=32, help="chats (n=2 comparisons) per round")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--eval-prompts", type=int, default=24)
-    p.add_argument("--gate-prompts", type=int, default=8)
+    p.add_argument("--eval-prompts", type=int, default=20)
+    p.add_argument("--gate-prompts", type=int, default=8, help="held-out prompts for KL (and the gate)")
+    p.add_argument("--gate", action="store_true", help="run the pipeline's gate each round (slower); "
+                   "default: serve every candidate and measure KL to the anchor directly")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preference", default=None, help="demo preference (default: the demo's default)")

@@ -97,3 +97,10 @@ def rlhf_env(redis_url, data_dir, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real demo model (SmolLM2-135M-Instruct, from the offline wheel), converted once."""
+    from common.smollm2 import ensure_smollm2
+    return ensure_smollm2(tmp_path_factory.mktemp("smollm2"))

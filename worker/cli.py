@@ -67,12 +67,14 @@ def _versions(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    print(f"{'':2}{'version':8} {'parent':8} {'gate':6} {'rm gain':>8} {'kl':>7}  note")
+    print(f"{'':2}{'version':8} {'parent':8} {'algorithm':10} {'gate':6} {'rm gain':>8} {'kl/parent':>9} "
+          f"{'kl/anchor':>9}  note")
     for r in rows:
         gm = (r["metrics"] or {}).get("gate", {})
         gate = {True: "pass", False: "FAIL", None: "-"}[r["gate_passed"]]
-        print(f"{'*' if r['current'] else ' ':2}{r['version']:8} {str(r['parent'] or '-'):8} {gate:6} "
-              f"{_f(gm.get('rm_gain')):>8} {_f(gm.get('kl_to_served')):>7}  "
+        print(f"{'*' if r['current'] else ' ':2}{r['version']:8} {str(r['parent'] or '-'):8} "
+              f"{str(r.get('algorithm') or '-'):10} {gate:6} {_f(gm.get('rm_gain')):>8} "
+              f"{_f(r.get('kl_to_parent')):>9} {_f(r.get('kl_to_anchor')):>9}  "
               f"{r['note'] or '; '.join(r['gate_reasons'])}")
     return 0
 

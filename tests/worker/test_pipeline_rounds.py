@@ -13,7 +13,7 @@ import json
 import pytest
 import redis
 
-from common import artifacts
+from common import artifacts, ops
 from common.events import FeedbackEvent, StoredAnswer
 from common.keys import KEYS
 from common.registry import ModelRegistry
@@ -88,6 +88,11 @@ def test_ppo_rounds_carry_critic_rm_and_beta_against_a_fixed_anchor(redis_url, t
     assert artifacts.reward_models(settings).metadata("rm1")["warm_start"] == "rm0"
     assert v2["data"]["new_pairs"] < v2["data"]["pairs"]                  # round 1's pairs are old now
     assert v2["kl_to_anchor"] != pytest.approx(v2["kl_to_parent"])
+    # operators see it: `rlhf versions` and /admin/versions read these rows
+    rows = {r["version"]: r for r in ops.list_versions(settings)}
+    assert rows["v2"]["algorithm"] == "ppo" and rows["v2"]["anchor"] == "v0"
+    assert rows["v2"]["kl_to_anchor"] == v2["kl_to_anchor"] and rows["v2"]["critic"] == "critic1"
+    assert rows["v2"]["kl_coef"] == v2["kl_state"]["value"] and rows["v2"]["gate_passed"] is True
 
 
 def test_failed_run_keeps_its_feedback_new_and_the_trigger_refires(redis_url, tmp_path, deployment,
