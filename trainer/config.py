@@ -28,6 +28,15 @@ class RMConfig:
     num_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
     show_progress_bar: bool = True    # tqdm bar on stderr
     device: str = "auto"              # "auto" = cuda (bf16 autocast) if present, else cpu (fp32)
+    length_debias: bool = True        # ODIN (Chen et al. 2024): fit r_Q + r_L with an extra training-only length
+                                      # head r_L, decorrelate the saved head r_Q from answer length (tokens)
+    length_corr_coef: float = 0.3     # λ_L on |ρ(r_Q, len)| − ρ(r_L, len), Pearson over each step's answers. The
+                                      # authors' code uses 1.0 with ρ over a 256-answer global batch; a step here
+                                      # sees 16-48, so ρ is 2-4x noisier, and its scale-free gradient swamps BT while
+                                      # the fresh heads' scores barely vary: 0.5-1 sometimes stalled BT on the tiny
+                                      # test model (held-out acc 0.57-0.69), 0.3 did not in 5 seeds
+    length_ortho_coef: float = 1.0    # λ_O on |w_Q·w_L| (the authors' code's default weight); unnormalised, so tiny
+                                      # next to BT unless both heads grow along one direction (which is what it stops)
 
 
 @dataclass

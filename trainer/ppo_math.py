@@ -221,3 +221,37 @@ def pointwise_loss(rewards: torch.Tensor, signs: torch.Tensor,
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
     """Share of pairs where the chosen answer scores strictly higher."""
     return (r_chosen > r_rejected).float().mean().item() if r_chosen.numel() else float("nan")
+
+
+def pearson_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pearson correlation of two 1-D tensors, differentiable, 0 (with zero gradient) when either is
+    constant or has fewer than 2 entries.
+
+    The ODIN losses see batches where a head's scores can be constant (e.g. all-zero weights) or
+    every answer has the same length; plain corrcoef gives NaN there and poisons the whole step.
+    Both the value and the sqrt's input go through `where`, so the masked branch has no inf/NaN
+    gradient to multiply by 0.
+    """
+    x, y = x.float().flatten(), y.float().flatten()
+    xc, yc = x - x.mean(), y - y.mean()
+    sxx, syy = (xc * xc).sum(), (yc * yc).sum()
+    ok = (sxx > eps) & (syy > eps) & (x.numel() > 1)
+    denom = torch.sqrt(torch.where(ok, sxx * syy, torch.ones_like(sxx)))
+    return torch.where(ok, (xc * yc).sum() / denom, torch.zeros_like(sxx))
+
+
+def length_decorrelation_loss(r_quality: torch.Tensor, r_length: torch.Tensor,
+                              lengths: torch.Tensor) -> torch.Tensor:
+    """ODIN's length loss (Chen et al. 2024, eq. 6): |ρ(r_Q, L)| − ρ(r_L, L) over one batch of answers.
+
+    The quality head is pushed to carry no linear length signal (either sign: a head that learnt
+    "shorter is better" is as much a length meter), the length head to carry all of it, so the
+    BT fit of r_Q + r_L puts length into the head that is dropped at scoring time. In [-1, 2].
+    """
+    return pearson_correlation(r_quality, lengths).abs() - pearson_correlation(r_length, lengths)
+
+
+def head_orthogonality_loss(w_quality: torch.Tensor, w_length: torch.Tensor) -> torch.Tensor:
+    """ODIN's orthogonality loss |w_Q · w_L| on the two linear heads' weight vectors: the heads
+    should read different directions of the shared pooled state, not the same one with two scales."""
+    return (w_quality.float().flatten() * w_length.float().flatten()).sum().abs()

@@ -3,6 +3,12 @@
 Trained with Bradley–Terry on pairs plus a pointwise logistic loss on thumbs. The folder it writes is
 a plain HF `...ForSequenceClassification` checkpoint plus `reward_stats.json` (mean/std of rewards on
 the training answers, so PPO can normalise, and the training metrics).
+
+Length debiasing (ODIN, Chen et al. 2024; `RMConfig.length_debias`): during training the reward is
+r_Q + r_L, where r_Q is the HF `score` head and r_L an extra linear head on the same pooled state; r_Q
+is pushed to be uncorrelated with answer length, r_L to carry it, and their weights to be orthogonal.
+Only r_Q is saved, so scoring is unchanged. Every RM records `length_correlation` (Pearson of r_Q and
+answer tokens) so a length meter shows in its metrics whether or not it was debiased.
 """
 from __future__ import annotations
 
@@ -27,8 +33,8 @@ STATS_FILE = "reward_stats.json"
 Progress = Callable[[str, int, int, dict], None]
 
 
-def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
-    """Scalar score of each text read at its last real token (right padding).
+def pooled_states(model, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Last hidden state of each text at its last real token (right padding): what the heads read.
 
     Pooling is done here from the attention mask, not by HF's pad-token search, because many chat
     tokenizers use EOS as pad and EOS also ends every answer.
@@ -38,7 +44,19 @@ def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> 
     hidden = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                               use_cache=False).last_hidden_state
     last = enc["attention_mask"].sum(1) - 1
-    return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Scalar score of each text: the `score` head (r_Q, the only head saved) on the pooled state."""
+    return model.score(pooled_states(model, tokenizer, texts, max_length)).squeeze(-1).float()
+
+
+def answer_lengths(tokenizer, answers: Sequence[str]) -> torch.Tensor:
+    """Length of each answer in tokens, the answer alone (no chat template): ODIN's L(y), and what
+    `length_correlation` is measured against."""
+    ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    return torch.tensor([float(len(i)) for i in ids])
 
 
 class RewardModel:
@@ -103,21 +121,66 @@ def _split_heldout(pairs, config: RMConfig, rng: random.Random):
     return shuffled[n_eval:], shuffled[:n_eval]
 
 
-def _pair_loss(model, tokenizer, batch: list[PreferencePair], max_length: int):
-    texts = [conversation_text(tokenizer, p.messages, p.chosen) for p in batch]
-    texts += [conversation_text(tokenizer, p.messages, p.rejected) for p in batch]
-    scores = sequence_scores(model, tokenizer, texts, max_length)
-    rc, rr = scores[:len(batch)], scores[len(batch):]
+def _length_head(model, config: RMConfig, device: torch.device):
+    """ODIN's length head r_L: a linear map of the same pooled state as `model.score`, shaped and
+    initialised like it. It lives outside the HF model, so `save_pretrained` never writes it and a
+    loaded RM scores with r_Q alone; a warm start gets a fresh one (r_L is training scaffolding)."""
+    if not config.length_debias:
+        return None
+    score = model.score
+    head = torch.nn.Linear(score.in_features, score.out_features, bias=score.bias is not None)
+    # own generator: enabling the head must not shift any other random draw of the run
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    with torch.no_grad():
+        head.weight.normal_(0.0, getattr(model.config, "initializer_range", 0.02), generator=generator)
+        if head.bias is not None:
+            head.bias.zero_()
+    return head.to(device)
+
+
+def _train_scores(model, length_head, tokenizer, messages_list, answers, max_length: int):
+    """(r_Q, r_L or None, answer lengths) of each answer in one training forward."""
+    texts = [conversation_text(tokenizer, m, a) for m, a in zip(messages_list, answers)]
+    pooled = pooled_states(model, tokenizer, texts, max_length)
+    r_q = model.score(pooled).squeeze(-1).float()
+    r_l = length_head(pooled).squeeze(-1).float() if length_head is not None else None
+    return r_q, r_l, answer_lengths(tokenizer, answers).to(r_q.device)
+
+
+def _trained_reward(r_q: torch.Tensor, r_l: torch.Tensor | None) -> torch.Tensor:
+    """What the preference losses fit: r_Q + r_L under ODIN (the length head soaks up length), r_Q otherwise."""
+    return r_q if r_l is None else r_q + r_l
+
+
+def _pair_loss(model, length_head, tokenizer, batch: list[PreferencePair], max_length: int):
+    messages = [p.messages for p in batch] * 2
+    answers = [p.chosen for p in batch] + [p.rejected for p in batch]
+    scored = _train_scores(model, length_head, tokenizer, messages, answers, max_length)
+    reward = _trained_reward(scored[0], scored[1])
+    rc, rr = reward[:len(batch)], reward[len(batch):]
     loss = pm.bradley_terry_loss(rc, rr, torch.tensor([p.margin for p in batch], device=rc.device),
                                  torch.tensor([p.weight for p in batch], device=rc.device))
-    return loss, pm.pairwise_accuracy(rc.detach(), rr.detach())
+    return loss, pm.pairwise_accuracy(rc.detach(), rr.detach()), scored
 
 
-def _rated_loss(model, tokenizer, batch: list[RatedAnswer], max_length: int):
-    texts = [conversation_text(tokenizer, r.messages, r.answer) for r in batch]
-    scores = sequence_scores(model, tokenizer, texts, max_length)
-    signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch], device=scores.device)
-    return pm.pointwise_loss(scores, signs, torch.tensor([r.weight for r in batch], device=scores.device))
+def _rated_loss(model, length_head, tokenizer, batch: list[RatedAnswer], max_length: int):
+    scored = _train_scores(model, length_head, tokenizer, [r.messages for r in batch],
+                           [r.answer for r in batch], max_length)
+    reward = _trained_reward(scored[0], scored[1])
+    signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch], device=reward.device)
+    loss = pm.pointwise_loss(reward, signs, torch.tensor([r.weight for r in batch], device=reward.device))
+    return loss, scored
+
+
+def _odin_loss(model, length_head, scored: list, config: RMConfig):
+    """λ_L·(|ρ(r_Q, L)| − ρ(r_L, L)) + λ_O·|w_Q·w_L| over every answer scored in this step (pairs and
+    thumbs together: the paper's correlation is over the whole batch, and more answers make it less noisy)."""
+    r_q, r_l, lengths = (torch.cat(parts) for parts in zip(*scored))
+    corr = pm.length_decorrelation_loss(r_q, r_l, lengths)
+    ortho = pm.head_orthogonality_loss(model.score.weight, length_head.weight)
+    stats = {"length_corr_loss": corr.item(), "ortho_loss": ortho.item(),
+             "quality_length_corr": pm.pearson_correlation(r_q.detach(), lengths).item()}
+    return config.length_corr_coef * corr + config.length_ortho_coef * ortho, stats
 
 
 @torch.no_grad()
@@ -128,12 +191,11 @@ def _score_texts(model, tokenizer, texts: list[str], config: RMConfig) -> torch.
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
-def _pair_accuracy(model, tokenizer, pairs, config: RMConfig) -> float | None:
-    if not pairs:
-        return None
+def _pair_scores(model, tokenizer, pairs, config: RMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Saved-head scores (r_Q) of the chosen and of the rejected answers."""
     rc = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.chosen) for p in pairs], config)
     rr = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.rejected) for p in pairs], config)
-    return pm.pairwise_accuracy(rc, rr)
+    return rc, rr
 
 
 def _batches(items: list, size: int, n_batches: int, rng: random.Random):
@@ -157,7 +219,9 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
 
     Initialised from `warm_start` (a previous RM folder) if given, else from `base_dir` (usually the
     policy) with a fresh scalar head. Without eval_pairs, `config.heldout_fraction` of the pairs is
-    held out for `heldout_accuracy`. reward_mean/std are measured on every training answer.
+    held out for `heldout_accuracy`. reward_mean/std are measured on every training answer;
+    `length_correlation` on the held-out pairs' answers (`length_correlation_on` = "heldout"), else on
+    every training answer ("train").
     """
     from tqdm.auto import tqdm
     set_threads(config.num_threads)
@@ -174,7 +238,9 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     final, partial = fresh_output_dir(out_dir)  # fail before training, not after
     device = resolve_device(config.device)
     model, tokenizer = _load_for_training(Path(warm_start or base_dir), config, device)
+    length_head = _length_head(model, config, device)
     params = [p for p in model.parameters() if p.requires_grad]
+    params += list(length_head.parameters()) if length_head is not None else []
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(math.ceil(len(train_pairs) / config.batch_size),
                           math.ceil(len(rated) / config.batch_size))
@@ -186,16 +252,24 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         rated_batches = _batches(rated, config.batch_size, steps_per_epoch, rng) if rated else None
         for _ in range(steps_per_epoch):
             metrics: dict = {"epoch": epoch}
-            loss = torch.zeros((), device=device)
+            loss, scored = torch.zeros((), device=device), []
             with autocast(device):
                 if pair_batches:
-                    pair_loss, acc = _pair_loss(model, tokenizer, next(pair_batches), config.max_length)
+                    pair_loss, acc, pair_scored = _pair_loss(model, length_head, tokenizer, next(pair_batches),
+                                                             config.max_length)
                     loss = loss + pair_loss
-                    metrics.update(pair_loss=pair_loss.item(), train_accuracy=acc)
+                    scored.append(pair_scored)
+                    metrics.update(pair_loss=pair_loss.item(), train_accuracy=acc)  # acc of r_Q + r_L
                 if rated_batches:
-                    point_loss = _rated_loss(model, tokenizer, next(rated_batches), config.max_length)
+                    point_loss, rated_scored = _rated_loss(model, length_head, tokenizer, next(rated_batches),
+                                                           config.max_length)
                     loss = loss + config.pointwise_coef * point_loss
+                    scored.append(rated_scored)
                     metrics["pointwise_loss"] = point_loss.item()
+                if length_head is not None:
+                    odin_loss, odin_stats = _odin_loss(model, length_head, scored, config)
+                    loss = loss + odin_loss
+                    metrics.update(odin_stats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -209,19 +283,27 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
                 progress("rm", step, total, metrics)
     bar.close()
 
-    reference = [conversation_text(tokenizer, p.messages, a) for p in train_pairs for a in (p.chosen, p.rejected)]
-    reference += [conversation_text(tokenizer, r.messages, r.answer) for r in rated]
-    ref_scores = _score_texts(model, tokenizer, reference, config)
-    # chosen/rejected alternate at the front of `reference`: train accuracy without another pass
+    ref_items = [(p.messages, a) for p in train_pairs for a in (p.chosen, p.rejected)]
+    ref_items += [(r.messages, r.answer) for r in rated]
+    ref_scores = _score_texts(model, tokenizer, [conversation_text(tokenizer, m, a) for m, a in ref_items], config)
+    # chosen/rejected alternate at the front of `ref_items`: train accuracy without another pass
     n_pair_texts = 2 * len(train_pairs)
     train_accuracy = (pm.pairwise_accuracy(ref_scores[0:n_pair_texts:2], ref_scores[1:n_pair_texts:2])
                       if train_pairs else None)
     mean = ref_scores.mean().item()
     std = ref_scores.std(unbiased=False).item() if len(ref_scores) > 1 else 1.0
+    # length bias of the saved head on held-out answers (both sides of each pair), else on the training ones
+    if heldout:
+        rc, rr = _pair_scores(model, tokenizer, heldout, config)
+        corr_scores, corr_answers = torch.cat([rc, rr]), [p.chosen for p in heldout] + [p.rejected for p in heldout]
+    else:
+        corr_scores, corr_answers = ref_scores, [a for _, a in ref_items]
     last = history[-min(len(history), steps_per_epoch):]
     metrics = {
-        "heldout_accuracy": _pair_accuracy(model, tokenizer, heldout, config),
+        "heldout_accuracy": pm.pairwise_accuracy(rc, rr) if heldout else None,
         "train_accuracy": train_accuracy,
+        "length_correlation": pm.pearson_correlation(corr_scores, answer_lengths(tokenizer, corr_answers)).item(),
+        "length_correlation_on": "heldout" if heldout else "train",
         "reward_mean": mean, "reward_std": max(std, 1e-6),
         "final_loss": sum(h["loss"] for h in last) / len(last),
         "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),

@@ -38,7 +38,10 @@ def train_synthetic_rm(tiny_model_dir: Path, out: Path, device: str = "cpu", pro
     train, heldout = sampler.pairs(400, prompt_seed=1), sampler.pairs(100, prompt_seed=2)
     metrics = train_reward_model(
         train, sampler.rated(60, prompt_seed=3), tiny_model_dir, out,
-        RMConfig(lr=5e-4, epochs=4, batch_size=16, show_progress_bar=False, seed=0, device=device),
+        # length_debias off: this synthetic truth *is* a token count (each digit is one more token),
+        # so ODIN would rightly remove the signal; tests/trainer/test_length_debias.py covers ODIN.
+        RMConfig(lr=5e-4, epochs=4, batch_size=16, show_progress_bar=False, seed=0, device=device,
+                 length_debias=False),
         eval_pairs=heldout, progress=progress)
     return metrics, heldout
 
