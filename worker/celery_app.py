@@ -34,7 +34,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_backend_transport_options={"visibility_timeout": visibility},
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600,
-        task_track_started=True,
+        # Nobody reads task results (the pipeline reports through its status hash and history),
+        # and the trigger task ran every few seconds: 657 celery-task-meta-* keys were left in a
+        # shared Redis, outside the deployment's prefix, after one demo run.
+        task_ignore_result=True,
         task_default_queue=CONTROL_QUEUE,
         task_routes={
             "worker.tasks.retrain": {"queue": TRAINING_QUEUE},
