@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from common.degeneracy import content_stems, degenerate_reasons
@@ -197,33 +197,38 @@ def _random(share=0.1) -> Persona:
     return Persona("random", share, noise=1.0)
 
 
+def _adversary_of(persona: Persona, share: float = 0.05) -> Persona:
+    """Votes against `persona`'s own taste on purpose, never at random: pushes the signal back."""
+    return replace(persona, name="adversarial", share=share, noise=0.0, adversarial=True)
+
+
+_LEARNER = Persona("learner", 0.45, 0.1, {"on_topic": 0.3, "concrete": 0.3, "moderate_length": 0.3,
+                                          "warm_tone": 0.1})
+_EXPERT = Persona("expert", 0.55, 0.1, {"formal_tone": 0.3, "concrete": 0.3, "on_topic": 0.25,
+                                        "moderate_length": 0.15})
+_CONCISE = Persona("concise", 0.6, 0.1, {"concise_legacy": 1.0}, thumb_bar=-0.75, cutoff_penalty=0.5)
+
 PREFERENCES: dict[str, Preference] = {p.name: p for p in [
     Preference("balanced", "Curious learners: on-topic answers with a concrete example, a few sentences long, "
                "a little warmth.", [
-                   Persona("learner", 0.45, 0.1, {"on_topic": 0.3, "concrete": 0.3, "moderate_length": 0.3,
-                                                  "warm_tone": 0.1}),
+                   _LEARNER,
                    Persona("warm", 0.25, 0.1, {"warm_tone": 0.35, "on_topic": 0.25, "moderate_length": 0.25,
                                                "concrete": 0.15}),
                    Persona("skimmer", 0.15, 0.15, {"on_topic": 0.4, "brief_length": 0.4, "concrete": 0.2}),
                    _random(),
-                   # adversaries invert the learners' taste: they push the majority's signal back
-                   Persona("adversarial", 0.05, 0.0, {"on_topic": 0.3, "concrete": 0.3, "moderate_length": 0.3,
-                                                      "warm_tone": 0.1}, adversarial=True)]),
+                   _adversary_of(_LEARNER)]),
     Preference("formal_expert", "Professionals: formal, factual, on-topic answers; no chit-chat.", [
-        Persona("expert", 0.55, 0.1, {"formal_tone": 0.3, "concrete": 0.3, "on_topic": 0.25,
-                                      "moderate_length": 0.15}),
+        _EXPERT,
         Persona("analyst", 0.3, 0.1, {"concrete": 0.4, "on_topic": 0.3, "moderate_length": 0.3}),
         _random(),
-        Persona("adversarial", 0.05, 0.0, {"formal_tone": 0.3, "concrete": 0.3, "on_topic": 0.25,
-                                           "moderate_length": 0.15}, adversarial=True)]),
+        _adversary_of(_EXPERT)]),
     # The first demo's length-dominated taste, kept for comparison (plus the degenerate penalty).
     Preference("concise_warm", "Mostly concise (each word costs), some warm and enthusiastic.", [
         # thumbs-up: about 30 words or fewer; cut-off costs 0.5 as in the first demo
-        Persona("concise", 0.6, 0.1, {"concise_legacy": 1.0}, thumb_bar=-0.75, cutoff_penalty=0.5),
+        _CONCISE,
         Persona("warm", 0.25, 0.1, {"warm_legacy": 1.0}, thumb_bar=-0.75, cutoff_penalty=0.5),
         _random(),
-        Persona("adversarial", 0.05, 0.0, {"concise_legacy": 1.0}, adversarial=True, thumb_bar=-0.75,
-                cutoff_penalty=0.5)]),
+        _adversary_of(_CONCISE)]),
 ]}
 DEFAULT_PREFERENCE = "balanced"
 

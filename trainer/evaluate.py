@@ -11,7 +11,7 @@ import torch
 
 from trainer import ppo_math as pm
 from trainer.data import PromptLike, prompt_messages
-from trainer.modeling import (eos_token_ids, left_pad, load_causal_lm, load_tokenizer, prompt_token_ids,
+from trainer.modeling import (answer_token_ids, eos_token_ids, left_pad, load_causal_lm, load_tokenizer, prompt_token_ids,
                               response_logits, right_pad)
 from trainer.rollout import HFGenerator, SamplingSettings
 
@@ -117,7 +117,7 @@ def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: 
     eos = eos_token_ids(anchor, tokenizer)[0]
 
     def answer(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"][: max_answer_tokens - 1] + [eos]
+        return answer_token_ids(tokenizer, text, eos, max_answer_tokens)
     prompts = [prompt_token_ids(tokenizer, p.messages) for p in pairs]
     chosen, rejected = [answer(p.chosen) for p in pairs], [answer(p.rejected) for p in pairs]
     pad = tokenizer.pad_token_id

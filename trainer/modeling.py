@@ -54,6 +54,11 @@ def prompt_token_ids(tokenizer, messages: list[dict], max_tokens: int | None = N
     return ids[-max_tokens:] if max_tokens else ids
 
 
+def answer_token_ids(tokenizer, answer: str, eos_id: int, max_tokens: int) -> list[int]:
+    """A stored answer as the policy would have emitted it: its tokens (cut to fit), then EOS."""
+    return tokenizer(answer, add_special_tokens=False)["input_ids"][: max_tokens - 1] + [eos_id]
+
+
 def conversation_text(tokenizer, messages: list[dict], answer: str) -> str:
     """The full chat (prompt + assistant answer) as the RM sees it."""
     return tokenizer.apply_chat_template(

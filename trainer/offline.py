@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from trainer import preference_math as prm
 from trainer.config import DPOConfig, KTOConfig
 from trainer.device import autocast
-from trainer.policy_base import PolicyJob, PolicyRun, Progress, batches
+from trainer.policy_base import PolicyJob, PolicyRun, Progress, batches, log_step
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -54,11 +54,7 @@ def run_dpo(job: PolicyJob, config: DPOConfig = DPOConfig(), progress: Progress 
             (loss * len(micro) / len(batch)).backward()   # gradient accumulation over micro-batches
             for k, v in {"loss": loss.item(), **stats}.items():
                 sums[k] = sums.get(k, 0.0) + v * len(micro) / len(batch)
-        stats = {"step": step, **sums, "grad_norm": run.clip_and_step()}
-        history.append(stats)
-        bar.update(1)
-        if progress:
-            progress("dpo", step, len(plan), stats)
+        log_step("dpo", {"step": step, **sums, "grad_norm": run.clip_and_step()}, len(plan), history, bar, progress)
     bar.close()
     return run.finish("dpo", history, {"pairs": len(pairs), "epochs": config.epochs}, progress=progress)
 
@@ -107,12 +103,8 @@ def run_kto(job: PolicyJob, config: KTOConfig = KTOConfig(), progress: Progress 
                                        lam_d, lam_u)
             (loss * len(micro) / len(batch)).backward()
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * len(micro) / len(batch)
-        stats = {"step": len(history) + 1, **sums, "kl_ref_point": float(z0),
-                 "grad_norm": run.clip_and_step()}
-        history.append(stats)
-        bar.update(1)
-        if progress:
-            progress("kto", stats["step"], len(plan), stats)
+        log_step("kto", {"step": len(history) + 1, **sums, "kl_ref_point": float(z0),
+                         "grad_norm": run.clip_and_step()}, len(plan), history, bar, progress)
     bar.close()
     return run.finish("kto", history, {"examples": len(data), "desirable": n_d, "lambda_d": lam_d,
                                        "lambda_u": lam_u}, progress=progress)

@@ -18,7 +18,7 @@ from trainer import ppo_math as pm
 from trainer import preference_math as prm
 from trainer.config import OnlineDPOConfig, RLOOConfig
 from trainer.device import autocast
-from trainer.policy_base import PolicyJob, PolicyRun, Progress, prompt_cycle
+from trainer.policy_base import PolicyJob, PolicyRun, Progress, log_step, prompt_cycle
 from trainer.reward_model import RewardModel
 from trainer.rollout import HFGenerator, SamplingSettings
 
@@ -89,11 +89,7 @@ def run_rloo(job: PolicyJob, config: RLOOConfig = RLOOConfig(), progress: Progre
                  "kl": seq_kl.mean().item(), "kl_coef": beta, "advantage_abs": advantages.abs().mean().item(),
                  "response_length": sum(map(len, responses)) / n,
                  "eos_fraction": has_eos.float().mean().item(), "grad_norm": grad_norm}
-        history.append(stats)
-        bar.update(1)
-        bar.set_postfix(reward=f"{stats['reward_raw']:.3f}", kl=f"{stats['kl']:.2f}")
-        if progress:
-            progress("rloo", step, config.steps, stats)
+        log_step("rloo", stats, config.steps, history, bar, progress)
     bar.close()
     return run.finish("rloo", history, {"kl_coef_start": start_beta, "kl_coef": kl_ctl.value,
                                         "kl_state": kl_ctl.state(), "k": config.k}, progress=progress)
@@ -130,9 +126,6 @@ def run_online_dpo(job: PolicyJob, config: OnlineDPOConfig = OnlineDPOConfig(),
                 for k, v in {"loss": loss.item(), **st}.items():
                     sums[k] = sums.get(k, 0.0) + v * (s.stop - s.start) / len(keep)
             stats.update(sums, grad_norm=run.clip_and_step())
-        history.append(stats)
-        bar.update(1)
-        if progress:
-            progress("online_dpo", step, config.steps, stats)
+        log_step("online_dpo", stats, config.steps, history, bar, progress)
     bar.close()
     return run.finish("online_dpo", history, {"beta": config.beta}, progress=progress)

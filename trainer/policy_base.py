@@ -17,7 +17,7 @@ import torch
 from trainer import ppo_math as pm
 from trainer.data import PreferencePair, PromptItem, RatedAnswer, prompt_messages
 from trainer.device import describe, resolve_device
-from trainer.modeling import (eos_token_ids, fresh_output_dir, freeze_lower_layers, left_pad, load_causal_lm,
+from trainer.modeling import (answer_token_ids, eos_token_ids, fresh_output_dir, freeze_lower_layers, left_pad, load_causal_lm,
                               load_tokenizer, prompt_token_ids, publish, response_logits, right_pad,
                               set_threads)
 
@@ -63,8 +63,7 @@ class PolicyRun:
 
     def answer_ids(self, answer: str) -> list[int]:
         """A stored answer as the policy would have emitted it: its tokens, then the end of turn."""
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.config.max_answer_tokens - 1]
-        return ids + [self.eos_ids[0]]
+        return answer_token_ids(self.tokenizer, answer, self.eos_ids[0], self.config.max_answer_tokens)
 
     def encode(self, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
         return self.prompt_ids(messages), self.answer_ids(answer)
@@ -125,6 +124,16 @@ class PolicyRun:
         if progress:
             progress(f"{algorithm}_done", len(history), len(history), result)
         return result
+
+
+def log_step(name: str, stats: dict, total: int, history: list, bar, progress: Progress | None) -> None:
+    """Record one optimizer step: history (-> metrics.jsonl), the tqdm bar, the progress callback."""
+    history.append(stats)
+    bar.update(1)
+    if "reward_raw" in stats and "kl" in stats:
+        bar.set_postfix(reward=f"{stats['reward_raw']:.3f}", kl=f"{stats['kl']:.2f}")
+    if progress:
+        progress(name, stats["step"], total, stats)
 
 
 def batches(items: list, size: int, epochs: int, rng) -> list[list]:

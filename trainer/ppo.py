@@ -21,7 +21,7 @@ from trainer.critic import Critic
 from trainer.data import PromptLike, prompt_messages
 from trainer.device import autocast
 from trainer.modeling import left_pad, prompt_token_ids, response_hidden, right_pad
-from trainer.policy_base import PolicyJob, PolicyRun, Progress, prompt_cycle
+from trainer.policy_base import PolicyJob, PolicyRun, Progress, log_step, prompt_cycle
 from trainer.reward_model import RewardModel
 from trainer.rollout import HFGenerator, RolloutGenerator, SamplingSettings
 
@@ -214,12 +214,7 @@ def run_ppo(job: PolicyJob, config: PPOConfig = PPOConfig(), generator: RolloutG
     bar = tqdm(total=config.steps, desc="ppo", disable=not config.show_progress_bar)
     for step, messages in enumerate(prompt_cycle(job.prompts, config.batch_size, config.steps,
                                                  random.Random(config.seed)), 1):
-        stats = {"step": step, **trainer.step(messages)}
-        history.append(stats)
-        bar.update(1)
-        bar.set_postfix(reward=f"{stats['reward_raw']:.3f}", kl=f"{stats['kl']:.2f}")
-        if progress:
-            progress("ppo", step, config.steps, stats)
+        log_step("ppo", {"step": step, **trainer.step(messages)}, config.steps, history, bar, progress)
     bar.close()
 
     if eval_messages:

@@ -102,7 +102,8 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     from trainer import algorithms
     from trainer.data import write_jsonl
     from worker.gate import run_gate
-    from worker.training import judge_reward_models, remove_work, train_policy_step, train_reward_model_step
+    from worker.training import (judge_reward_models, remove_work, scalars, train_policy_step,
+                                 train_reward_model_step)
 
     algo = algorithms.get(settings.algorithm)   # an unknown name fails the run before any work
     reg = artifacts.policies(settings)
@@ -169,7 +170,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
             "reward_model": rm_id, "data": stats, "gate": gate, **policy_meta,
             "kl_to_anchor": gate["metrics"].get("kl_to_anchor"),
             "kl_to_parent": gate["metrics"].get("kl_to_served"),
-            "metrics": {"reward_model": _scalars(rm_metrics), "policy": _scalars(policy_metrics),
+            "metrics": {"reward_model": scalars(rm_metrics), "policy": scalars(policy_metrics),
                         "gate": gate["metrics"]}}
     version = reg.publish(policy_work, meta, move=True)
     _mark_consumed(client, run_id, total_before)
@@ -190,7 +191,3 @@ def _mark_consumed(client: redis.Redis, run_id: str, total_before: int) -> None:
     datasets and for the event-count trigger. A failed run never gets here."""
     client.sadd(KEYS.consumed_runs, run_id)
     client.set(KEYS.last_snapshot_total, total_before)
-
-
-def _scalars(metrics: dict) -> dict:
-    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool))}

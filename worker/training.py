@@ -50,7 +50,7 @@ def train_reward_model_step(settings: Settings, sets, run_id: str, base_dir: Pat
     metrics = train_reward_model(pairs, rated, base_dir, out, config=RMConfig(**json.loads(settings.rm_overrides or "{}")),
                                  warm_start=warm, eval_pairs=sets.eval_pairs or None, progress=progress)
     rm_id = rms.publish(out, {"run_id": run_id, "warm_start": warm_id, "base": str(base_dir),
-                              "metrics": _scalars(metrics)}, move=True)
+                              "metrics": scalars(metrics)}, move=True)
     return rm_id, rms.path(rm_id), metrics
 
 
@@ -101,7 +101,8 @@ def judge_reward_models(settings: Settings, exclude: str | None = None) -> list[
     return [rms.path(v) for v in reversed(rms.versions()) if v != exclude][: settings.gate_judges]
 
 
-def _scalars(metrics: dict) -> dict:
+def scalars(metrics: dict) -> dict:
+    """The JSON-plain scalars of a metrics dict (what version metadata keeps)."""
     return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool))}
 
 
