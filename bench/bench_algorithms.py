@@ -104,7 +104,10 @@ def win_rate(scores: list[float], base: list[float]) -> float:
     return sum(1.0 if s > b + 1e-9 else 0.5 if abs(s - b) <= 1e-9 else 0.0 for s, b in zip(scores, base)) / len(base)
 
 
-def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list[float], root: Path) -> dict:  # noqa: C901
+def run_algorithm(label: str, model: Path, args, prompts: dict, base_scores: list[float], root: Path) -> dict:  # noqa: C901
+    """`label` = an algorithm name, optionally `name:variant` to run one algorithm under several
+    `--config label=JSON` overrides in one bench run."""
+    name = label.split(":", 1)[0]
     from common import artifacts
     from common.settings import Settings
     from demo.personas import make_population
@@ -116,9 +119,9 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
     from worker.training import judge_reward_models, train_policy_step, train_reward_model_step
     kl_prompts = [PromptItem([{"role": "user", "content": p}]) for p in prompts["heldout"][: args.gate_prompts]]
 
-    data = root / name
+    data = root / label.replace(":", "-")
     settings = Settings(data_dir=data, algorithm=name, algorithm_overrides=json.dumps(
-        {**CONFIGS[name], "show_progress_bar": False, **json.loads(args.config.get(name, "{}"))}),
+        {**CONFIGS[name], "show_progress_bar": False, **json.loads(args.config.get(label, "{}"))}),
         rm_overrides=json.dumps({**RM_CONFIG, "show_progress_bar": False}),
         gate_eval_prompts=args.gate_prompts, gate_max_new_tokens=args.max_tokens, torch_threads=args.threads)
     reg = artifacts.policies(settings)
@@ -128,7 +131,8 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
     rng = random.Random(args.seed)
     records: list[dict] = []
     rounds = []
-    needs_rm = algorithms.get(name).needs_reward_model
+    trained_against = algorithms.get(name).needs_reward_model
+    needs_rm = trained_against or (args.gate and settings.gate_train_rm)  # as the pipeline: a judge RM
     for rnd in range(1, args.rounds + 1):
         row: dict = {"round": rnd, "served_before": served}
         t = time.time()
@@ -151,15 +155,16 @@ def run_algorithm(name: str, model: Path, args, prompts: dict, base_scores: list
             row["rm_heldout_accuracy"] = rm_metrics.get("heldout_accuracy")
         row["rm_seconds"] = round(time.time() - t, 1)
         t = time.time()
-        policy_dir, result, meta = train_policy_step(settings, sets, f"round{rnd}", served, "v0", rm_dir, work,
-                                                     stats, None)
+        policy_dir, result, meta = train_policy_step(settings, sets, f"round{rnd}", served, "v0",
+                                                     rm_dir if trained_against else None, work, stats, None)
         row["policy_seconds"] = round(time.time() - t, 1)
         t = time.time()
         if args.gate:
-            rm_id = rm_dir.name if rm_dir else None
+            own = rm_dir if trained_against else None
             gate = run_gate(policy_dir, reg.path(served), reg.path("v0"), sets.heldout_prompts or sets.train_prompts,
-                            settings, judges=judge_reward_models(settings, exclude=rm_id), own_rm=rm_dir,
-                            own_rm_accuracy=row.get("rm_heldout_accuracy"), eval_pairs=sets.eval_pairs)
+                            settings, judges=judge_reward_models(settings, exclude=own.name if own else None),
+                            own_rm=own, own_rm_accuracy=row.get("rm_heldout_accuracy") if own else None,
+                            eval_pairs=sets.eval_pairs)
             kl = gate["metrics"].get("kl_to_anchor")
         else:  # every candidate is served next round, as in a trainer without a gate
             gate = {"passed": True, "reasons": [], "metrics": {}}

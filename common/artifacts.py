@@ -65,9 +65,9 @@ def collect_garbage(settings) -> dict[str, list[str]]:
     # Read the references only after the policy pass, so RMs/critics of just-deleted
     # policies can go in the same run.
     remaining = [pol.metadata(v) for v in pol.versions()]
-    for kind, reg, field in (("reward_models", reward_models(settings), "reward_model"),
-                             ("critics", critics(settings), "critic")):
-        used = {_ref_id(meta.get(field)) for meta in remaining} | {reg.latest()}
+    for kind, reg, fields in (("reward_models", reward_models(settings), ("reward_model", "judge_reward_model")),
+                              ("critics", critics(settings), ("critic",))):
+        used = {_ref_id(meta.get(f)) for meta in remaining for f in fields} | {reg.latest()}
         used.discard(None)
         deleted[kind] = reg.collect_garbage(keep, used, lambda meta: True,
                                             reason="unreferenced")

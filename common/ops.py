@@ -76,7 +76,8 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
             "snapshot": meta.get("snapshot"), "note": meta.get("note"),
             "algorithm": meta.get("algorithm"), "anchor": meta.get("anchor"),
             "kl_to_anchor": meta.get("kl_to_anchor"), "kl_to_parent": meta.get("kl_to_parent"),
-            "reward_model": meta.get("reward_model"), "critic": meta.get("critic"),
+            "reward_model": meta.get("reward_model"), "judge_reward_model": meta.get("judge_reward_model"),
+            "critic": meta.get("critic"),
             "kl_coef": (meta.get("kl_state") or {}).get("value"),
         })
     return rows

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     version (normalised scores of the independent judge RMs) must be above this."""
     gate_judges: int = 2
     """How many of the newest published RMs, other than the one the candidate trained against, judge it."""
+    gate_train_rm: bool = True
+    """Train (and publish) a reward model every run even when the algorithm needs none (dpo, kto):
+    it judges this run's candidate, which was never optimised against it, and later ones."""
     gate_min_rm_accuracy: float = 0.55
     """A candidate optimised against an RM whose held-out pair accuracy is not above this is refused."""
     gate_max_degenerate: int = 0

@@ -85,9 +85,9 @@ def rm_length_correlation(meta: dict, reward_models: ModelRegistry | None) -> fl
     `metrics.length_correlation`), None when unknown. The policy metadata names the RM by id
     (or by folder path); a garbage-collected RM falls back to the copy of its scalar metrics
     the pipeline stored in the policy metadata."""
-    ref = meta.get("reward_model")
+    ref = meta.get("reward_model") or meta.get("judge_reward_model")
     if not ref:
-        return None  # an RM-free algorithm, or v0
+        return None  # v0, or a run that trained no RM
     if reward_models is not None:
         try:
             value = (reward_models.metadata(Path(str(ref)).name).get("metrics") or {}).get("length_correlation")
@@ -106,7 +106,7 @@ def metadata_columns(meta: dict, reward_models: ModelRegistry | None = None) -> 
     return {
         "parent": meta.get("parent"),
         "algorithm": meta.get("algorithm"),
-        "reward_model": meta.get("reward_model"),
+        "reward_model": meta.get("reward_model") or meta.get("judge_reward_model"),
         "kl_to_anchor": meta.get("kl_to_anchor"),
         "rm_accuracy": (metrics.get("reward_model") or {}).get("heldout_accuracy"),
         "rm_length_correlation": rm_length_correlation(meta, reward_models),

@@ -19,6 +19,11 @@ class PreferencePair:
     rejected: str
     weight: float = 1.0   # scales this pair's loss (e.g. trust in the rater)
     margin: float = 0.0   # required reward gap: loss is -log σ(r_c - r_r - margin)
+    # False = the answer was cut off by max_tokens (finish_reason "length"): the trainers then
+    # neither close its turn (RM) nor append EOS (DPO/KTO), so a truncated reply is never
+    # taught as a finished one and the RM can see that it was cut.
+    chosen_finished: bool = True
+    rejected_finished: bool = True
 
 
 @dataclass
@@ -28,6 +33,7 @@ class RatedAnswer:
     answer: str
     label: str            # "up" | "down"
     weight: float = 1.0
+    finished: bool = True  # False = cut off by max_tokens (see PreferencePair)
 
     def __post_init__(self) -> None:
         if self.label not in ("up", "down"):

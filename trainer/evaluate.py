@@ -44,12 +44,20 @@ def _sample(model, tokenizer, messages: list[list[dict]], max_new_tokens: int, g
     return prompts, [r or settings.eos_token_ids[:1] for r in responses]
 
 
-def generate_answers(model_dir: str | Path, prompts: Sequence[PromptLike], max_new_tokens: int,
-                     greedy: bool = True, seed: int = 0) -> list[str]:
-    """One answer per prompt (greedy by default; `seed` makes sampled answers reproducible)."""
+def generate_finished(model_dir: str | Path, prompts: Sequence[PromptLike], max_new_tokens: int,
+                      greedy: bool = True, seed: int = 0) -> tuple[list[str], list[bool]]:
+    """(answers, finished) for one answer per prompt: finished = ended with EOS rather than being
+    cut off at max_new_tokens. Greedy by default; `seed` makes sampled answers reproducible."""
     tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
     _, responses = _sample(model, tokenizer, [prompt_messages(p) for p in prompts], max_new_tokens, greedy, seed)
-    return tokenizer.batch_decode(responses, skip_special_tokens=True)
+    eos = set(eos_token_ids(model, tokenizer))
+    return tokenizer.batch_decode(responses, skip_special_tokens=True), [r[-1] in eos for r in responses]
+
+
+def generate_answers(model_dir: str | Path, prompts: Sequence[PromptLike], max_new_tokens: int,
+                     greedy: bool = True, seed: int = 0) -> list[str]:
+    """One answer per prompt (see `generate_finished`)."""
+    return generate_finished(model_dir, prompts, max_new_tokens, greedy, seed)[0]
 
 
 def mean_rm_score(rm_dir: str | Path, prompts: Sequence[PromptLike], answers: Sequence[str]) -> float:
@@ -116,10 +124,11 @@ def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: 
     anchor = load_causal_lm(anchor_dir)
     eos = eos_token_ids(anchor, tokenizer)[0]
 
-    def answer(text: str) -> list[int]:
-        return answer_token_ids(tokenizer, text, eos, max_answer_tokens)
+    def answer(text: str, finished: bool) -> list[int]:
+        return answer_token_ids(tokenizer, text, eos, max_answer_tokens, finished)
     prompts = [prompt_token_ids(tokenizer, p.messages) for p in pairs]
-    chosen, rejected = [answer(p.chosen) for p in pairs], [answer(p.rejected) for p in pairs]
+    chosen = [answer(p.chosen, p.chosen_finished) for p in pairs]
+    rejected = [answer(p.rejected, p.rejected_finished) for p in pairs]
     pad = tokenizer.pad_token_id
     ref_c, ref_r = _sequence_logprobs(anchor, prompts, chosen, pad), _sequence_logprobs(anchor, prompts, rejected, pad)
     out = {}

@@ -54,13 +54,19 @@ def prompt_token_ids(tokenizer, messages: list[dict], max_tokens: int | None = N
     return ids[-max_tokens:] if max_tokens else ids
 
 
-def answer_token_ids(tokenizer, answer: str, eos_id: int, max_tokens: int) -> list[int]:
-    """A stored answer as the policy would have emitted it: its tokens (cut to fit), then EOS."""
-    return tokenizer(answer, add_special_tokens=False)["input_ids"][: max_tokens - 1] + [eos_id]
+def answer_token_ids(tokenizer, answer: str, eos_id: int, max_tokens: int, finished: bool = True) -> list[int]:
+    """A stored answer as the policy emitted it: its tokens (cut to fit), then EOS if it finished.
+    A cut-off answer (finish_reason "length") never emitted EOS: appending one would teach the
+    policy to stop mid-sentence when that answer is preferred."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: max_tokens - 1]
+    return ids if ids and not finished else ids + [eos_id]
 
 
-def conversation_text(tokenizer, messages: list[dict], answer: str) -> str:
-    """The full chat (prompt + assistant answer) as the RM sees it."""
+def conversation_text(tokenizer, messages: list[dict], answer: str, finished: bool = True) -> str:
+    """The full chat (prompt + assistant answer) as the RM sees it. A cut-off answer is left open
+    (no end-of-turn), so the RM can tell a truncated reply from a finished one."""
+    if not finished:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True) + answer
     return tokenizer.apply_chat_template(
         list(messages) + [{"role": "assistant", "content": answer}], tokenize=False)
 

@@ -32,7 +32,8 @@ def run_dpo(job: PolicyJob, config: DPOConfig = DPOConfig(), progress: Progress 
     examples = []
     for p in pairs:
         prompt = run.prompt_ids(p.messages)
-        examples.append((prompt, run.answer_ids(p.chosen), run.answer_ids(p.rejected), p.weight))
+        examples.append((prompt, run.answer_ids(p.chosen, p.chosen_finished),
+                         run.answer_ids(p.rejected, p.rejected_finished), p.weight))
     with autocast(run.device):
         ref_c = run.reference_logprobs([e[0] for e in examples], [e[1] for e in examples])
         ref_r = run.reference_logprobs([e[0] for e in examples], [e[2] for e in examples])
@@ -59,12 +60,12 @@ def run_dpo(job: PolicyJob, config: DPOConfig = DPOConfig(), progress: Progress 
     return run.finish("dpo", history, {"pairs": len(pairs), "epochs": config.epochs}, progress=progress)
 
 
-def kto_examples(job: PolicyJob, config: KTOConfig) -> list[tuple[list[dict], str, bool]]:
-    """(messages, answer, desirable) from thumbs, plus both answers of each pair if `use_pairs`."""
-    out = [(r.messages, r.answer, r.label == "up") for r in job.rated]
+def kto_examples(job: PolicyJob, config: KTOConfig) -> list[tuple[list[dict], str, bool, bool]]:
+    """(messages, answer, desirable, finished) from thumbs, plus both answers of each pair if `use_pairs`."""
+    out = [(r.messages, r.answer, r.label == "up", r.finished) for r in job.rated]
     if config.use_pairs:
         for p in job.pairs:
-            out += [(p.messages, p.chosen, True), (p.messages, p.rejected, False)]
+            out += [(p.messages, p.chosen, True, p.chosen_finished), (p.messages, p.rejected, False, p.rejected_finished)]
     return out[-config.max_examples:] if config.max_examples else out
 
 
@@ -73,9 +74,9 @@ def run_kto(job: PolicyJob, config: KTOConfig = KTOConfig(), progress: Progress 
     if len(data) < 2:
         raise ValueError("KTO needs at least 2 rated answers")
     run = PolicyRun(job, config)
-    prompts = [run.prompt_ids(m) for m, _, _ in data]
-    answers = [run.answer_ids(a) for _, a, _ in data]
-    desirable = torch.tensor([d for _, _, d in data], device=run.device)
+    prompts = [run.prompt_ids(m) for m, _, _, _ in data]
+    answers = [run.answer_ids(a, f) for _, a, _, f in data]
+    desirable = torch.tensor([d for _, _, d, _ in data], device=run.device)
     n_d = int(desirable.sum())
     lam_d, lam_u = prm.kto_class_weights(n_d, len(data) - n_d, config.desirable_ratio)
     with autocast(run.device):

@@ -47,7 +47,7 @@ class OnlineRun(PolicyRun):
             responses = [r or self.eos_ids[:1] for r in self.generator.generate(prompts, self.sampling)]
         has_eos = torch.tensor([r[-1] in self.eos_ids for r in responses], device=self.device)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        raw = torch.tensor(self.reward_model.score(flat, texts), device=self.device)
+        raw = torch.tensor(self.reward_model.score(flat, texts, has_eos.tolist()), device=self.device)
         rm = self.reward_model
         scores = pm.shape_scores(raw, has_eos, rm.mean, rm.std, getattr(cfg, "normalise_reward", True),
                                  getattr(cfg, "reward_clip", None), cfg.missing_eos_penalty)

@@ -61,12 +61,12 @@ class PolicyRun:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return prompt_token_ids(self.tokenizer, messages, self.config.max_prompt_tokens)
 
-    def answer_ids(self, answer: str) -> list[int]:
-        """A stored answer as the policy would have emitted it: its tokens, then the end of turn."""
-        return answer_token_ids(self.tokenizer, answer, self.eos_ids[0], self.config.max_answer_tokens)
+    def answer_ids(self, answer: str, finished: bool = True) -> list[int]:
+        """A stored answer as the policy emitted it: its tokens, then the end of turn if it finished."""
+        return answer_token_ids(self.tokenizer, answer, self.eos_ids[0], self.config.max_answer_tokens, finished)
 
-    def encode(self, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
-        return self.prompt_ids(messages), self.answer_ids(answer)
+    def encode(self, messages: list[dict], answer: str, finished: bool = True) -> tuple[list[int], list[int]]:
+        return self.prompt_ids(messages), self.answer_ids(answer, finished)
 
     # ---------------------------------------------------------------- log-probs
     def logprobs(self, model, prompts: Sequence[list[int]], responses: Sequence[list[int]]

@@ -106,7 +106,7 @@ class PPOTrainer(PolicyRun):
                                               cfg.temperature)
 
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        raw = torch.tensor(self.reward_model.score(messages, texts), device=dev)
+        raw = torch.tensor(self.reward_model.score(messages, texts, has_eos.tolist()), device=dev)
         rm = self.reward_model
         scores = pm.shape_scores(raw, has_eos, rm.mean, rm.std, cfg.normalise_reward, cfg.reward_clip,
                                  cfg.missing_eos_penalty)
@@ -187,8 +187,10 @@ class PPOTrainer(PolicyRun):
         prompts = [prompt_token_ids(self.tokenizer, m, self.config.max_prompt_tokens) for m in messages]
         self.generator.sync_weights(self.actor)
         greedy = SamplingSettings(**{**asdict(self.sampling), "greedy": True})
-        texts = self.tokenizer.batch_decode(self.generator.generate(prompts, greedy), skip_special_tokens=True)
-        scores = self.reward_model.score(messages, texts)
+        responses = self.generator.generate(prompts, greedy)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        finished = [bool(r) and r[-1] in self.sampling.eos_token_ids for r in responses]
+        scores = self.reward_model.score(messages, texts, finished)
         return sum(scores) / len(scores)
 
 

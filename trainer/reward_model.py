@@ -77,11 +77,14 @@ class RewardModel:
                    stats.get("max_length", 512))
 
     @torch.no_grad()
-    def score(self, messages_list: Sequence[list[dict]], answers: Sequence[str]) -> list[float]:
-        """Raw scalar reward of each (prompt messages, answer)."""
+    def score(self, messages_list: Sequence[list[dict]], answers: Sequence[str],
+              finished: Sequence[bool] | None = None) -> list[float]:
+        """Raw scalar reward of each (prompt messages, answer); `finished[i]` False = answer i was
+        cut off by the token limit (None = all finished)."""
         if len(messages_list) != len(answers):
             raise ValueError("messages_list and answers differ in length")
-        texts = [conversation_text(self.tokenizer, m, a) for m, a in zip(messages_list, answers)]
+        finished = [True] * len(answers) if finished is None else list(finished)
+        texts = [conversation_text(self.tokenizer, m, a, f) for m, a, f in zip(messages_list, answers, finished)]
         out: list[float] = []
         for i in range(0, len(texts), self.batch_size):
             with autocast(model_device(self.model)):
@@ -89,9 +92,10 @@ class RewardModel:
                                        self.max_length).tolist()
         return out
 
-    def normalised(self, messages_list: Sequence[list[dict]], answers: Sequence[str]) -> list[float]:
+    def normalised(self, messages_list: Sequence[list[dict]], answers: Sequence[str],
+                   finished: Sequence[bool] | None = None) -> list[float]:
         """(raw - mean) / std with the statistics stored at training time."""
-        return [(r - self.mean) / self.std for r in self.score(messages_list, answers)]
+        return [(r - self.mean) / self.std for r in self.score(messages_list, answers, finished)]
 
 
 def _rm_tokenizer(model_dir):
@@ -138,9 +142,9 @@ def _length_head(model, config: RMConfig, device: torch.device):
     return head.to(device)
 
 
-def _train_scores(model, length_head, tokenizer, messages_list, answers, max_length: int):
+def _train_scores(model, length_head, tokenizer, messages_list, answers, finished, max_length: int):
     """(r_Q, r_L or None, answer lengths) of each answer in one training forward."""
-    texts = [conversation_text(tokenizer, m, a) for m, a in zip(messages_list, answers)]
+    texts = [conversation_text(tokenizer, m, a, f) for m, a, f in zip(messages_list, answers, finished)]
     pooled = pooled_states(model, tokenizer, texts, max_length)
     r_q = model.score(pooled).squeeze(-1).float()
     r_l = length_head(pooled).squeeze(-1).float() if length_head is not None else None
@@ -155,7 +159,8 @@ def _trained_reward(r_q: torch.Tensor, r_l: torch.Tensor | None) -> torch.Tensor
 def _pair_loss(model, length_head, tokenizer, batch: list[PreferencePair], max_length: int):
     messages = [p.messages for p in batch] * 2
     answers = [p.chosen for p in batch] + [p.rejected for p in batch]
-    scored = _train_scores(model, length_head, tokenizer, messages, answers, max_length)
+    finished = [p.chosen_finished for p in batch] + [p.rejected_finished for p in batch]
+    scored = _train_scores(model, length_head, tokenizer, messages, answers, finished, max_length)
     reward = _trained_reward(scored[0], scored[1])
     rc, rr = reward[:len(batch)], reward[len(batch):]
     loss = pm.bradley_terry_loss(rc, rr, torch.tensor([p.margin for p in batch], device=rc.device),
@@ -165,7 +170,7 @@ def _pair_loss(model, length_head, tokenizer, batch: list[PreferencePair], max_l
 
 def _rated_loss(model, length_head, tokenizer, batch: list[RatedAnswer], max_length: int):
     scored = _train_scores(model, length_head, tokenizer, [r.messages for r in batch],
-                           [r.answer for r in batch], max_length)
+                           [r.answer for r in batch], [r.finished for r in batch], max_length)
     reward = _trained_reward(scored[0], scored[1])
     signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch], device=reward.device)
     loss = pm.pointwise_loss(reward, signs, torch.tensor([r.weight for r in batch], device=reward.device))
@@ -193,8 +198,10 @@ def _score_texts(model, tokenizer, texts: list[str], config: RMConfig) -> torch.
 
 def _pair_scores(model, tokenizer, pairs, config: RMConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Saved-head scores (r_Q) of the chosen and of the rejected answers."""
-    rc = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.chosen) for p in pairs], config)
-    rr = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.rejected) for p in pairs], config)
+    rc = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.chosen, p.chosen_finished)
+                                         for p in pairs], config)
+    rr = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.rejected, p.rejected_finished)
+                                         for p in pairs], config)
     return rc, rr
 
 
@@ -283,9 +290,11 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
                 progress("rm", step, total, metrics)
     bar.close()
 
-    ref_items = [(p.messages, a) for p in train_pairs for a in (p.chosen, p.rejected)]
-    ref_items += [(r.messages, r.answer) for r in rated]
-    ref_scores = _score_texts(model, tokenizer, [conversation_text(tokenizer, m, a) for m, a in ref_items], config)
+    ref_items = [(p.messages, a, f) for p in train_pairs
+                 for a, f in ((p.chosen, p.chosen_finished), (p.rejected, p.rejected_finished))]
+    ref_items += [(r.messages, r.answer, r.finished) for r in rated]
+    ref_scores = _score_texts(model, tokenizer, [conversation_text(tokenizer, m, a, f) for m, a, f in ref_items],
+                              config)
     # chosen/rejected alternate at the front of `ref_items`: train accuracy without another pass
     n_pair_texts = 2 * len(train_pairs)
     train_accuracy = (pm.pairwise_accuracy(ref_scores[0:n_pair_texts:2], ref_scores[1:n_pair_texts:2])
@@ -297,7 +306,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         rc, rr = _pair_scores(model, tokenizer, heldout, config)
         corr_scores, corr_answers = torch.cat([rc, rr]), [p.chosen for p in heldout] + [p.rejected for p in heldout]
     else:
-        corr_scores, corr_answers = ref_scores, [a for _, a in ref_items]
+        corr_scores, corr_answers = ref_scores, [a for _, a, _ in ref_items]
     last = history[-min(len(history), steps_per_epoch):]
     metrics = {
         "heldout_accuracy": pm.pairwise_accuracy(rc, rr) if heldout else None,

@@ -42,6 +42,11 @@ def _messages(answer: dict) -> list[dict]:
     return [{"role": "user", "content": answer.get("prompt") or ""}]
 
 
+def _finished(answer: dict) -> bool:
+    """False only for an answer the server cut off at max_tokens (finish_reason "length")."""
+    return answer.get("finish_reason") != "length"
+
+
 def is_heldout(prompt_key: str, fraction: float) -> bool:
     bucket = int(hashlib.sha256(prompt_key.encode()).hexdigest()[:8], 16) % 1000
     return bucket < fraction * 1000
@@ -103,8 +108,9 @@ def build_training_sets(records: list[dict], known_versions: set[str],
         a, b = (rec["answers"][r] for r in ev["response_ids"])
         if ev["choice"] in ("a", "b"):
             chosen, rejected = (a, b) if ev["choice"] == "a" else (b, a)
-            pairs.append((a["prompt_key"], PreferencePair(_messages(a), chosen["text"], rejected["text"]),
-                          rec_new))
+            pairs.append((a["prompt_key"], PreferencePair(_messages(a), chosen["text"], rejected["text"],
+                                                          chosen_finished=_finished(chosen),
+                                                          rejected_finished=_finished(rejected)), rec_new))
         elif ev["choice"] == "tie":
             st["ties_skipped"] += 1
         else:  # both_bad
@@ -124,12 +130,13 @@ def build_training_sets(records: list[dict], known_versions: set[str],
         ups, downs = groups["up"], groups["down"]
         for u in ups:
             for d in downs:
-                pairs.append((pkey, PreferencePair(_messages(u), u["text"], d["text"]),
+                pairs.append((pkey, PreferencePair(_messages(u), u["text"], d["text"], chosen_finished=_finished(u),
+                                                   rejected_finished=_finished(d)),
                               u["response_id"] in new_ids or d["response_id"] in new_ids))
                 st["pairs_from_thumbs"] += 1
         if not (ups and downs):
             for ans, label in [(x, "up") for x in ups] + [(x, "down") for x in downs]:
-                out.rated.append(RatedAnswer(_messages(ans), ans["text"], label))
+                out.rated.append(RatedAnswer(_messages(ans), ans["text"], label, finished=_finished(ans)))
                 if ans["response_id"] in new_ids:
                     out.new_rated.append(out.rated[-1])
 

@@ -50,7 +50,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
              eval_pairs: list | None = None) -> dict:
     """judges: independent RMs (newest first); own_rm: the RM the candidate was optimised against
     (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy."""
-    from trainer.evaluate import (check_finite, generate_answers, implicit_preference_accuracies,
+    from trainer.evaluate import (check_finite, generate_finished, implicit_preference_accuracies,
                                   kl_to_references)
 
     reasons: list[str] = []
@@ -62,10 +62,11 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     probe = PromptItem([{"role": "user", "content": settings.probe_prompt}])
     prompts = [probe] + list(prompts[: settings.gate_eval_prompts])
     n = settings.gate_max_new_tokens
-    new = generate_answers(candidate, prompts, max_new_tokens=n, greedy=True)
-    old = generate_answers(served, prompts, max_new_tokens=n, greedy=True)
-    base = old if Path(served) == Path(anchor) else generate_answers(anchor, prompts, max_new_tokens=n, greedy=True)
-    metrics.update(gate_prompts=len(prompts), probe_answer=new[0])
+    new, new_done = generate_finished(candidate, prompts, max_new_tokens=n, greedy=True)
+    old, old_done = generate_finished(served, prompts, max_new_tokens=n, greedy=True)
+    base = old if Path(served) == Path(anchor) else generate_finished(anchor, prompts, max_new_tokens=n, greedy=True)[0]
+    metrics.update(gate_prompts=len(prompts), probe_answer=new[0],
+                   finished_share=sum(new_done) / len(new), finished_share_served=sum(old_done) / len(old))
 
     # 1. degeneracy on every answer
     bad_answers = []
@@ -85,7 +86,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
         judge_dirs = [Path(own_rm)]
         metrics["judge_note"] = "no independent reward model yet: judged by the candidate's own RM"
     if judge_dirs:
-        diffs = _judged_diffs(judge_dirs, prompts, new, old)
+        diffs = _judged_diffs(judge_dirs, prompts, (new, new_done), (old, old_done))
         bound = paired_bootstrap_lower_bound(diffs)
         metrics.update(judges=[j.name for j in judge_dirs], rm_gain=sum(diffs) / len(diffs),
                        rm_gain_lower_bound=bound)
@@ -121,13 +122,15 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
 
 
-def _judged_diffs(judges: list[Path], prompts: list[PromptItem], new: list[str], old: list[str]) -> list[float]:
-    """Per prompt: mean over judges of normalised score(candidate) - score(served)."""
+def _judged_diffs(judges: list[Path], prompts: list[PromptItem], new: tuple[list[str], list[bool]],
+                  old: tuple[list[str], list[bool]]) -> list[float]:
+    """Per prompt: mean over judges of normalised score(candidate) - score(served); each side is
+    (answers, finished flags), so a judge sees which answers were cut off."""
     from trainer.reward_model import RewardModel
     messages = [prompt_messages(p) for p in prompts]
     totals = [0.0] * len(prompts)
     for j in judges:
         rm = RewardModel.load(j)
-        for i, (a, b) in enumerate(zip(rm.normalised(messages, new), rm.normalised(messages, old))):
+        for i, (a, b) in enumerate(zip(rm.normalised(messages, *new), rm.normalised(messages, *old))):
             totals[i] += (a - b) / len(judges)
     return totals

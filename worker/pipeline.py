@@ -147,14 +147,16 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
         write_jsonl(work / f"{name}.jsonl", items)
 
     rm_id, rm_dir, rm_metrics = None, None, {}
-    if algo.needs_reward_model:
+    trained_against = algo.needs_reward_model  # else the RM only judges (the gate's independent judge)
+    if trained_against or settings.gate_train_rm:
         status.step("reward_model")
         rm_id, rm_dir, rm_metrics = train_reward_model_step(settings, sets, run_id, served_dir, work, stats,
                                                             status.progress)
+    own_rm = rm_dir if trained_against else None
 
     status.step("policy")
     policy_work, policy_metrics, policy_meta = train_policy_step(
-        settings, sets, run_id, served, anchor, rm_dir, work, stats, status.progress)
+        settings, sets, run_id, served, anchor, own_rm, work, stats, status.progress)
 
     status.step("gate")
     gate_prompts = sets.heldout_prompts
@@ -162,12 +164,14 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
         gate_prompts = sets.train_prompts
         stats["gate_prompts_not_heldout"] = True
     gate = run_gate(policy_work, served_dir, reg.path(anchor), gate_prompts, settings,
-                    judges=judge_reward_models(settings, exclude=rm_id), own_rm=rm_dir,
-                    own_rm_accuracy=rm_metrics.get("heldout_accuracy"), eval_pairs=sets.eval_pairs)
+                    judges=judge_reward_models(settings, exclude=rm_id if trained_against else None),
+                    own_rm=own_rm, own_rm_accuracy=rm_metrics.get("heldout_accuracy") if trained_against else None,
+                    eval_pairs=sets.eval_pairs)
 
     status.step("publish", gate=gate)
     meta = {"parent": served, "run_id": run_id, "reason": reason, "snapshot": str(snap.path),
-            "reward_model": rm_id, "data": stats, "gate": gate, **policy_meta,
+            "reward_model": rm_id if trained_against else None,
+            "judge_reward_model": None if trained_against else rm_id, "data": stats, "gate": gate, **policy_meta,
             "kl_to_anchor": gate["metrics"].get("kl_to_anchor"),
             "kl_to_parent": gate["metrics"].get("kl_to_served"),
             "metrics": {"reward_model": scalars(rm_metrics), "policy": scalars(policy_metrics),
