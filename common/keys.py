@@ -5,6 +5,7 @@ Everything lives under one prefix so several deployments (or tests) can share a 
 from __future__ import annotations
 
 import os
+import re
 
 FEEDBACK_GROUP = "trainer"
 """Consumer group of the feedback stream read by the retrain pipeline."""
@@ -32,12 +33,18 @@ class Keys:
         """Latest vote of one rater on one target (response id, or 'a|b' for a pair)."""
         return f"{self.prefix}:vote:{rater}:{target}"
 
+    @property
+    def rate_limits(self) -> str:
+        """Prefix of the rate-limit counters (the `limits` library's keys) of serving/quotas.py."""
+        return f"{self.prefix}:limits"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
     @property
     def feedback_counts(self) -> str:
-        """Hash: up, down, comparison, total."""
+        """Hash: up, down, comparison, events (every accepted event) and total (distinct
+        votes: a new (rater, target) pair; what the retrain trigger counts)."""
         return f"{self.prefix}:feedback:counts"
 
     # model registry / deployment
@@ -94,6 +101,23 @@ class Keys:
         failed stays out of it, so the next run treats it as new again."""
         return f"{self.prefix}:pipeline:consumed_runs"
 
+    # --- faults and privacy (issue 12) ----------------------------------------------------
+    @property
+    def feedback_dead_letter(self) -> str:
+        """Stream of feedback entries the pipeline could not read (raw fields + error), so one
+        malformed entry is kept for inspection instead of failing every later run."""
+        return f"{self.prefix}:feedback:dead"
+
+    def run_attempts(self, run_id: str) -> str:
+        """Deliveries of one pipeline run (a worker killed mid-run, e.g. by the OOM killer,
+        gets it redelivered); past settings.pipeline_max_attempts the run is marked failed."""
+        return f"{self.prefix}:pipeline:attempts:{run_id}"
+
+    @property
+    def snapshot_lock(self) -> str:
+        """Short lock around snapshot writes and user erasure, so `forget` never races a
+        snapshot that is copying the user's entries into a file."""
+        return f"{self.prefix}:pipeline:snapshot_lock"
 
     @property
     def training_queue(self) -> str:
@@ -106,3 +130,13 @@ class Keys:
 
 
 KEYS = Keys()
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Run ids name folders (work/RUN_ID, snapshots/RUN_ID-K.jsonl) and keys; they come from the
+broker, so anything else (slashes, '..', NUL, spaces, empty) is refused before use."""
+
+
+def check_run_id(run_id) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"invalid run id {str(run_id)[:80]!r}: expected {RUN_ID_RE.pattern}")
+    return run_id

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from common.keys import KEYS
-from common.registry import ModelRegistry, RegistryError
+from common.registry import ANY, ModelRegistry, PointerMoved, RegistryError  # noqa: F401
 from common.settings import Settings
 
 RETRAIN_TASK = "worker.tasks.retrain"
@@ -35,14 +35,17 @@ def client(settings: Settings) -> redis.Redis:
 
 
 def deploy(settings: Settings, version: str, reason: str = "deploy", actor: str = "operator",
-           force: bool = False) -> dict[str, Any]:
+           force: bool = False, expected_current: Any = ANY, guard=None) -> dict[str, Any]:
+    """Serve `version`. `expected_current` makes it a compare-and-set (PointerMoved if the
+    served version is no longer that one); `guard()` runs under the pointer lock just before
+    the write (the pipeline passes its lock check)."""
     reg = registry(settings)
     meta = reg.metadata(version)  # raises UnknownVersion
     gate = meta.get("gate") or {}
     if gate and not gate.get("passed", True) and not force:
         raise GateRefused(f"{version} failed its gate ({'; '.join(gate.get('reasons', []))}); "
                           "use force to deploy anyway")
-    entry = reg.set_current(version, reason=reason, actor=actor)
+    entry = reg.set_current(version, reason=reason, actor=actor, expected=expected_current, guard=guard)
     entry["announced"] = announce(settings, version, str(reg.path(version)))
     return entry
 
@@ -140,6 +143,27 @@ def wait_for_replicas(settings: Settings, version: str, timeout: float = 60.0) -
             return True
         time.sleep(0.25)
     return False
+
+
+def confirm_swap(settings: Settings, version: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until every live replica serves `version`. Returns {"confirmed", "replicas",
+    "lagging"}: confirmed is True when all did; False when some replica never confirmed within
+    `timeout` (or reported a failed swap to it); None when no replica is alive at all (nothing to
+    swap: a replica that starts later loads CURRENT)."""
+    deadline = time.time() + timeout
+    reps: list[dict[str, Any]] = []
+    while True:
+        reps = replicas(settings)
+        if reps and all(x.get("version") == version and x.get("status") == "serving" for x in reps):
+            return {"confirmed": True, "replicas": len(reps), "lagging": []}
+        failed = [x for x in reps if x.get("status") == "error" and version in (x.get("error") or "")]
+        if failed or time.time() >= deadline:
+            break
+        time.sleep(0.25)
+    lagging = [{"replica": x["replica"], "version": x.get("version"), "status": x.get("status"),
+                "error": x.get("error", "")} for x in reps
+               if not (x.get("version") == version and x.get("status") == "serving")]
+    return {"confirmed": False if reps else None, "replicas": len(reps), "lagging": lagging}
 
 
 def _maybe_json(v: str):

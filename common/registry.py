@@ -22,6 +22,7 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,14 @@ class RegistryError(Exception):
 
 class UnknownVersion(RegistryError):
     pass
+
+
+class PointerMoved(RegistryError):
+    """Compare-and-set on CURRENT failed: someone deployed or rolled back meanwhile."""
+
+
+ANY = object()
+"""`set_current(expected=ANY)`: move the pointer whatever it is now (operator deploys)."""
 
 
 class ModelRegistry:
@@ -164,16 +173,39 @@ class ModelRegistry:
             return version
         raise RegistryError("could not allocate a version id")
 
-    def set_current(self, version: str, reason: str = "deploy", actor: str = "") -> dict:
+    @contextmanager
+    def pointer_lock(self):
+        """Exclusive lock around read-compare-write of CURRENT (flock on a file beside it), so a
+        compare-and-set by the pipeline and an operator's deploy never interleave."""
+        import fcntl
+        with open(self.root / ".CURRENT.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def set_current(self, version: str, reason: str = "deploy", actor: str = "",
+                    expected: Any = ANY, guard: Callable[[], None] | None = None) -> dict:
+        """Point CURRENT at `version`. With `expected`, only if CURRENT is still that version
+        (else PointerMoved); `guard()` runs under the same lock just before the write (the
+        pipeline's lock fencing: it raises if the run lost its lock)."""
         self.path(version)  # raises UnknownVersion
-        previous = self.current()
-        tmp = self.root / f".CURRENT.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(version)
-        os.replace(tmp, self.root / "CURRENT")
-        entry = {"version": version, "previous": previous, "reason": reason,
-                 "actor": actor, "time": time.time()}
-        with open(self.root / "deploys.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        with self.pointer_lock():
+            previous = self.current()
+            if expected is not ANY and previous != expected:
+                raise PointerMoved(f"the served version is {previous}, not {expected}: "
+                                   f"someone deployed or rolled back meanwhile")
+            if guard is not None:
+                guard()
+            tmp = self.root / f".CURRENT.{uuid.uuid4().hex[:8]}"
+            tmp.write_text(version)
+            os.replace(tmp, self.root / "CURRENT")
+            entry = {"version": version, "previous": previous, "reason": reason,
+                     "actor": actor, "time": time.time()}
+            with open(self.root / "deploys.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            _fsync_dir(self.root)
         return entry
 
     def rollback_target(self) -> str:

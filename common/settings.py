@@ -121,6 +121,24 @@ class Settings(BaseSettings):
     gate_max_new_tokens: int = 48
     probe_prompt: str = "What is the capital of France?"
 
+    # --- faults, retention, erasure (issue 12, worker side) -------------------------------
+    pipeline_max_attempts: int = 3
+    """Deliveries of one pipeline run before it is marked failed: a run whose worker process is
+    killed (OOM killer, SIGKILL) is redelivered by Celery (acks_late + reject_on_worker_lost);
+    the count is kept in Redis per run, so a run that always dies cannot loop forever."""
+    dead_letter_maxlen: int = 10_000
+    """Malformed feedback entries kept in the dead-letter stream (oldest dropped first)."""
+    snapshot_retention_days: float = 365.0
+    """Snapshot files (the feedback history every run trains on) older than this are deleted;
+    0 = keep for ever."""
+    work_retention_days: float = 7.0
+    """Work folders left by failed or killed runs are deleted after this long; 0 = keep."""
+    versions_keep: int = -1
+    """Keep the newest N policy versions (plus the served one, the anchor and the rollback
+    target); older ones are deleted after each run. < 0 = keep every version."""
+    snapshot_lock_ttl_s: int = 300
+    """Expiry of the short lock around a snapshot write / a user erasure."""
+
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,4 +1,4 @@
-"""Operator routes under /admin: versions, status, retrain, deploy, rollback.
+"""Operator routes under /admin: versions, status, retrain, deploy, rollback, forget a user.
 
 Refused (401) unless the request carries `Authorization: Bearer <RLHF_ADMIN_TOKEN>`; when no
 admin token is configured every call is refused (403), so an unconfigured server is never open.
@@ -67,6 +67,17 @@ def deploy(body: DeployRequest, request: Request):
         raise HTTPException(404, str(exc))
     except RegistryError as exc:
         raise HTTPException(409, str(exc))
+
+
+@router.delete("/users/{user}")
+def forget_user(user: str, request: Request):
+    """Erase one end user's answers and feedback (Redis and snapshot files); `user` is the id
+    the product sent as `user` (stored only as its HMAC pseudonym)."""
+    from common import privacy
+    try:
+        return _redis_guard(privacy.forget_user, _settings(request), user)
+    except privacy.Busy:
+        raise HTTPException(503, "a snapshot is being written; retry", headers={"Retry-After": "5"})
 
 
 @router.post("/rollback")

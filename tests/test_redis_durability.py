@@ -41,7 +41,9 @@ def test_acknowledged_feedback_survives_redis_sigkill(tmp_path):
         server.proc.wait()
         server.start()                                           # same dir, same port
         r = redis.Redis.from_url(server.url, decode_responses=True)
-        assert r.xlen(KEYS.feedback_stream) == 500
+        # the 300 the snapshot made durable were trimmed from the stream (XTRIM MINID); the
+        # 200 not yet taken survived the kill
+        assert r.xlen(KEYS.feedback_stream) == 200
         assert int(r.hget(KEYS.feedback_counts, "total")) == 500
         group = r.xinfo_groups(KEYS.feedback_stream)[0]
         assert group["name"] == FEEDBACK_GROUP and group["pending"] == 0   # acks survived too

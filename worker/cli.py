@@ -1,4 +1,4 @@
-"""`rlhf worker|beat|versions|status|retrain|deploy|rollback`."""
+"""`rlhf worker|beat|versions|status|retrain|deploy|rollback|forget`."""
 from __future__ import annotations
 
 import json
@@ -34,6 +34,12 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("rollback", help="go back to the version served before the current one")
     p.set_defaults(handler=_rollback)
+
+    p = sub.add_parser("forget", help="erase USER's answers and feedback from Redis and snapshot files")
+    p.add_argument("user", help="the end-user id as the product sent it (the `user` field)")
+    p.add_argument("--pseudonym", action="store_true",
+                   help="USER is already the stored pseudonym (u_...), not the raw id")
+    p.set_defaults(handler=_forget)
 
 
 def _celery(args_list: list[str]) -> int:
@@ -114,4 +120,19 @@ def _rollback(args) -> int:
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _forget(args) -> int:
+    from common import privacy
+    settings = _settings()
+    try:
+        if args.pseudonym:
+            out = privacy.forget_pseudonym(settings, args.user)
+        else:
+            out = privacy.forget_user(settings, args.user)
+    except (ValueError, privacy.Busy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
     return 0

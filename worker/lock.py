@@ -29,6 +29,11 @@ class LockHeld(Exception):
     pass
 
 
+class LockLost(Exception):
+    """Fencing: the run no longer holds the pipeline lock (it expired and maybe another run took
+    it), so it must not publish or deploy."""
+
+
 class RenewingLock:
     def __init__(self, client: redis.Redis, key: str, ttl_s: float, token: str | None = None):
         self.client, self.key, self.ttl_ms = client, key, int(ttl_s * 1000)
@@ -53,6 +58,24 @@ class RenewingLock:
                     return
             except redis.RedisError:
                 continue  # Redis blip: try again; the TTL covers a few missed renewals
+
+    def check(self, attempts: int = 3) -> None:
+        """Fencing check before an irreversible step: read the lock *now* (not the renewal
+        thread's last result) and raise LockLost unless it still holds our token. A Redis that
+        does not answer after a few tries counts as lost: better redo a run than deploy twice."""
+        if self.lost:
+            raise LockLost(f"{self.key}: a renewal found the lock taken over")
+        for i in range(attempts):
+            try:
+                held = self.client.get(self.key)
+                break
+            except redis.RedisError:
+                if i == attempts - 1:
+                    raise LockLost(f"{self.key}: cannot verify the lock (Redis unreachable)")
+                threading.Event().wait(0.5)
+        if held not in (self.token, self.token.encode()):
+            self.lost = True
+            raise LockLost(f"{self.key}: held by {held!r}, not by this run")
 
     def release(self) -> None:
         self._stop.set()

@@ -15,9 +15,11 @@ from typing import Any
 import redis
 
 from common import artifacts, ops
-from common.keys import KEYS
+from common.keys import KEYS, check_run_id
 from common.settings import Settings
 from worker.datasets import build_training_sets
+from worker.lock import LockLost
+from worker.retention import prune_files, prune_versions
 from worker.snapshot import load_snapshots, take_snapshot
 
 STEPS = ["snapshot", "datasets", "reward_model", "policy", "gate", "publish", "deploy"]
@@ -60,10 +62,11 @@ class StatusWriter:
                            last_metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self._write()
 
-    def finish(self, state: str, **extra) -> dict:
+    def finish(self, state: str, write_status: bool = True, **extra) -> dict:
         self._close_step()
         self.fields.update(state=state, finished=time.time(), **extra)
-        self._write()
+        if write_status:  # False: the status hash may belong to the run that took our lock
+            self._write()
         try:
             self.client.lpush(KEYS.pipeline_history, json.dumps(self.fields, default=str))
             self.client.ltrim(KEYS.pipeline_history, 0, 49)
@@ -78,14 +81,20 @@ def _overrides(cls, raw: str):
 
 
 def run_pipeline(settings: Settings, run_id: str, reason: str = "scheduled",
-                 force: bool = False) -> dict:
+                 force: bool = False, fence=None) -> dict:
+    """`fence()` raises LockLost when this run no longer holds the pipeline lock; it is checked
+    before publish and (under the registry's pointer lock) before deploy."""
+    check_run_id(run_id)  # it names folders and keys: refuse anything odd before any use
     if settings.torch_threads > 0:
         import torch
         torch.set_num_threads(settings.torch_threads)
     client = ops.client(settings)
     status = StatusWriter(client, run_id, reason)
     try:
-        return _run_steps(settings, run_id, reason, force, client, status)
+        return _run_steps(settings, run_id, reason, force, client, status, fence or (lambda: None))
+    except LockLost as exc:
+        # Another run may hold the lock now and will train on this feedback: stop, mark nothing.
+        return status.finish("lost_lock", write_status=False, error=f"stopped: {exc}")
     except Exception as exc:
         # Recorded in the history too, so `rlhf status` and the demo see the failure at once.
         # Its feedback is not marked consumed: the next run trains on it as new.
@@ -98,7 +107,7 @@ def run_pipeline(settings: Settings, run_id: str, reason: str = "scheduled",
 
 
 def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
-               client: redis.Redis, status: StatusWriter) -> dict:
+               client: redis.Redis, status: StatusWriter, fence) -> dict:
     from trainer import algorithms
     from trainer.data import write_jsonl
     from worker.gate import run_gate
@@ -117,9 +126,14 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     shutil.rmtree(work, ignore_errors=True)  # a redelivered run starts from a clean folder
     work.mkdir(parents=True)
 
-    status.step("snapshot", served=served, anchor=anchor, algorithm=algo.name, cleaned=removed)
+    status.step("snapshot", served=served, anchor=anchor, algorithm=algo.name, cleaned=removed,
+                retention=prune_files(settings, keep_run=run_id))
     total_before = int(client.hget(KEYS.feedback_counts, "total") or 0)
-    snap = take_snapshot(client, settings.snapshots_dir, run_id)
+    snap = take_snapshot(client, settings.snapshots_dir, run_id,
+                         dead_letter_maxlen=settings.dead_letter_maxlen,
+                         lock_ttl_s=settings.snapshot_lock_ttl_s)
+    status.fields["snapshot"] = {"dead_lettered": snap.dead_lettered, "erased": snap.erased,
+                                 "trimmed": snap.trimmed}
     client.set(KEYS.pipeline_last_run, time.time())
     records = load_snapshots(settings.snapshots_dir)
     consumed = set(client.smembers(KEYS.consumed_runs))
@@ -134,6 +148,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
                                settings.max_rater_share, settings.heldout_fraction,
                                is_new=lambda rec: rec.get("snapshot_run") not in consumed)
     stats = dict(sets.stats)
+    stats["dead_lettered"] = snap.dead_lettered  # malformed entries of this run's snapshot
     status.fields["data"] = stats
     if not sets.pairs and not sets.rated:
         _mark_consumed(client, run_id, total_before)
@@ -176,18 +191,43 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
             "kl_to_parent": gate["metrics"].get("kl_to_served"),
             "metrics": {"reward_model": scalars(rm_metrics), "policy": scalars(policy_metrics),
                         "gate": gate["metrics"]}}
+    fence()  # a run that lost its lock publishes nothing (another run may be publishing)
     version = reg.publish(policy_work, meta, move=True)
     _mark_consumed(client, run_id, total_before)
+    status.fields["retention_versions"] = prune_versions(settings)
     status.fields["garbage_collected"] = artifacts.collect_garbage(settings)
     if not gate["passed"]:
         remove_work(work)
         return status.finish("rejected", version=version, error="; ".join(gate["reasons"]))
 
     status.step("deploy", version=version)
-    ops.deploy(settings, version, reason=f"pipeline {run_id}", actor="pipeline")
-    deployed = ops.wait_for_replicas(settings, version, timeout=settings.deploy_confirm_timeout_s)
+    fence()
+    try:
+        # Compare-and-set: trained from `served`, so deploy only if `served` is still served
+        # (an operator's rollback or deploy meanwhile wins); the fence re-runs under the lock.
+        ops.deploy(settings, version, reason=f"pipeline {run_id}", actor="pipeline",
+                   expected_current=served, guard=fence)
+    except ops.PointerMoved as exc:
+        remove_work(work)
+        return status.finish("superseded", version=version, error=f"not deployed: {exc}")
+    swap = ops.confirm_swap(settings, version, timeout=settings.deploy_confirm_timeout_s)
     remove_work(work)
-    return status.finish("succeeded", version=version, replicas_confirmed=deployed)
+    if swap["confirmed"] is False:
+        # A swap the replicas never confirm is a failed deploy: serve the parent again (unless
+        # an operator moved the pointer meanwhile: theirs stands).
+        try:
+            ops.deploy(settings, served, reason=f"swap to {version} unconfirmed", actor="pipeline",
+                       force=True, expected_current=version)
+            reverted = served
+        except ops.PointerMoved:
+            reverted = None
+        client.set(KEYS.pipeline_last_failure, time.time())
+        return status.finish("failed", version=version, replicas_confirmed=False, reverted_to=reverted,
+                             lagging_replicas=swap["lagging"],
+                             error=f"{len(swap['lagging'])} of {swap['replicas']} replicas did not confirm "
+                                   f"{version} within {settings.deploy_confirm_timeout_s}s")
+    return status.finish("succeeded", version=version, replicas_confirmed=bool(swap["confirmed"]),
+                         replicas=swap["replicas"])
 
 
 def _mark_consumed(client: redis.Redis, run_id: str, total_before: int) -> None:

@@ -5,8 +5,10 @@ import logging
 import time
 import uuid
 
+import redis
+
 from common import ops
-from common.keys import KEYS
+from common.keys import KEYS, check_run_id
 from common.settings import Settings
 from worker.celery_app import app
 from worker.lock import LockHeld, RenewingLock
@@ -16,25 +18,54 @@ log = logging.getLogger(__name__)
 
 @app.task(name="worker.tasks.retrain", bind=True)
 def retrain(self, run_id: str | None = None, reason: str = "operator", force: bool = False) -> dict:
-    from worker.pipeline import run_pipeline
+    from worker.pipeline import StatusWriter, run_pipeline
 
     settings = Settings()
-    client = ops.client(settings)
     run_id = run_id or self.request.id or uuid.uuid4().hex
+    try:
+        check_run_id(run_id)  # from the broker: it names folders, so refuse before any use
+    except ValueError as exc:
+        log.error("pipeline refused: %s", exc)
+        return {"run_id": None, "state": "refused", "error": str(exc)}
+    client = ops.client(settings)
     client.delete(KEYS.pipeline_queued)
+    # Each delivery counts. acks_late + reject_on_worker_lost put a run whose process was killed
+    # (OOM killer, SIGKILL) back on the queue; the counter bounds how often it comes back.
+    attempts_key = KEYS.run_attempts(run_id)
+    attempt = int(client.incr(attempts_key))
+    client.expire(attempts_key, 7 * 24 * 3600)
     # The run id is the lock token: a redelivered copy of this same run may take it over.
     lock = RenewingLock(client, KEYS.pipeline_lock, settings.pipeline_lock_ttl_s, token=run_id)
+    if attempt > settings.pipeline_max_attempts:
+        lock.client.eval(_RELEASE_IF_OURS, 1, KEYS.pipeline_lock, run_id)  # the dead copy's lock
+        client.set(KEYS.pipeline_last_failure, time.time())
+        error = (f"the worker died {attempt - 1} times running it (out of memory? see the "
+                 f"worker's log); gave up after {settings.pipeline_max_attempts} attempts")
+        log.error("pipeline %s failed: %s", run_id, error)
+        return StatusWriter(client, run_id, reason).finish("failed", error=error, attempts=attempt - 1)
     try:
         lock.acquire()
     except LockHeld:
         log.warning("pipeline %s skipped: another pipeline holds the lock", run_id)
         return {"run_id": run_id, "state": "skipped", "error": "another pipeline is running"}
     try:
-        result = run_pipeline(settings, run_id, reason=reason, force=force)
+        result = run_pipeline(settings, run_id, reason=reason, force=force, fence=lock.check)
     finally:
         lock.release()
+        try:
+            client.delete(attempts_key)  # ended (any state, even raising): no more deliveries
+        except redis.RedisError:  # the key expires by itself
+            pass
     log.info("pipeline %s: %s", run_id, result.get("state"))
     return result
+
+
+_RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
 
 
 @app.task(name="worker.tasks.maybe_retrain", expires=60)
