@@ -118,6 +118,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "pipeline": pipeline_status(settings),
         "queue_depth": {"training": r.llen(KEYS.training_queue)},
         "feedback": {"counts": counts, "stream_length": r.xlen(KEYS.feedback_stream),
+                     "dead_letters": r.xlen(KEYS.feedback_dead_letter),
                      "not_yet_trained_on": sum(int(g.get("lag") or 0) + int(g.get("pending") or 0)
                                                for g in groups)},
     }

@@ -2,7 +2,9 @@
 
 Why these settings:
 - acks_late + reject_on_worker_lost: a pipeline whose process dies (SIGKILL, OOM) is put back
-  on the queue and runs again, instead of being lost with an early ack.
+  on the queue and runs again, instead of being lost with an early ack. The retrain task counts
+  deliveries per run in Redis (KEYS.run_attempts) and marks a run failed after
+  `pipeline_max_attempts`, so a run the OOM killer always kills does not come back for ever.
 - prefetch 1 and one task per child: a training job holds GBs; a fresh process per job returns
   that memory and never lets a worker hoard a second job it cannot start.
 - visibility_timeout above the hard time limit: otherwise Redis hands a still-running job to
