@@ -8,7 +8,8 @@ erasure works from the raw id the product knows. What goes:
   dead-letter stream;
 - per-vote records of those votes;
 - records in snapshot files (the training history) with the same rule, files rewritten
-  atomically.
+  atomically;
+- work folders of runs that are not running (a failed run's training sets hold the texts).
 Weights already trained on the data are not "untrained": versions published before the erasure
 keep what they learned (documented in the README).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from contextlib import contextmanager
@@ -131,12 +133,14 @@ def _erase_snapshot_files(snap_dir: Path, pseudonym: str, answer_ids: set[str]) 
             else:
                 kept.append(line)
         if dropped:
+            st = path.stat()
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
             with open(tmp, "w") as f:
                 f.write("".join(k + "\n" for k in kept))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            os.utime(path, (st.st_atime, st.st_mtime))  # retention still counts from the snapshot
             records += dropped
             files += 1
     return records, files
@@ -193,6 +197,16 @@ def forget_pseudonym(settings, pseudonym: str) -> dict:
         if Path(settings.snapshots_dir).exists():
             out["snapshot_records"], out["snapshot_files_rewritten"] = _erase_snapshot_files(
                 settings.snapshots_dir, pseudonym, answer_ids)
+        # 5. work folders (training sets written out by runs) of every run but a running one:
+        # finished runs remove theirs; these are failed or killed runs' leftovers
+        running = client.get(KEYS.pipeline_lock)
+        work_root = Path(settings.data_dir) / "work"
+        out["work_folders_removed"] = 0
+        if work_root.exists():
+            for p in work_root.iterdir():
+                if p.is_dir() and p.name != running:
+                    shutil.rmtree(p, ignore_errors=True)
+                    out["work_folders_removed"] += 1
     out["answer_ids"] = len(answer_ids)
     return out
 

@@ -334,7 +334,11 @@ def test_forget_user_erases_answers_feedback_votes_and_snapshot_records(redis_ur
     from worker.snapshot import CONSUMER
     r.xreadgroup(FEEDBACK_GROUP, CONSUMER, {KEYS.feedback_stream: ">"}, count=1)
 
+    (settings.data_dir / "work" / "run-failed").mkdir(parents=True)
+    (settings.data_dir / "work" / "run-running").mkdir()
+    r.set(KEYS.pipeline_lock, "run-running")
     out = privacy.forget_user(settings, "alice")
+    assert out["work_folders_removed"] == 1 and (settings.data_dir / "work" / "run-running").exists()
     assert out["answers"] == 4 and out["feedback_events"] == 2 and out["dead_letters"] == 1
     assert out["snapshot_records"] == 1 and out["vote_records"] == 3
     assert not r.exists(KEYS.answer("a0"), KEYS.answer("b2"))
