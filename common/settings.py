@@ -34,6 +34,41 @@ class Settings(BaseSettings):
     user_hmac_key: str = ""
     """Key to pseudonymise end-user ids (HMAC-SHA256). Empty = a random key kept in data_dir."""
 
+    # --- trust and quotas (issue 12, serving side; README "Trust and quotas") --------------
+    trusted_api_keys: str = ""
+    """Comma-separated bearer keys of trusted back ends: accepted like RLHF_API_KEYS and the
+    only keys whose feedback may name the rater with a `user` field. Other callers rate through
+    the answer's `feedback_token` (rater = the answer's end user) or as their own key."""
+    feedback_token_ttl_s: int = 3600
+    """Lifetime of the signed `feedback_token` returned with every choice."""
+    rate_limit_generation_key: str = "6000/minute"
+    """Generation requests per API key (per client address when open). `limits` notation
+    ("N/second|minute|hour|day", several separated by ';'); empty = no limit."""
+    rate_limit_generation_tokens_key: str = "2000000/minute"
+    """Tokens per API key: each request is charged prompt + n * max_tokens up front."""
+    rate_limit_generation_user: str = "120/minute"
+    """Generation requests per end user (the request's `user`)."""
+    rate_limit_feedback_key: str = "6000/minute"
+    """Feedback events per API key (a feedback_token counts against the key that got it)."""
+    rate_limit_feedback_rater: str = "120/minute"
+    """Feedback events per rater."""
+    max_request_bytes: int = 1_048_576
+    """Largest request body (413 above)."""
+    max_messages: int = 128
+    """Messages per chat request."""
+    max_message_chars: int = 32_768
+    """Characters per message (and per completion prompt)."""
+    max_stop_sequences: int = 4
+    max_stop_chars: int = 128
+    """Characters per stop string."""
+    default_max_tokens: int = 512
+    """max_tokens when a request sets none (capped by the context left after the prompt)."""
+    max_tokens_limit: int = 4096
+    """Largest max_tokens a request may ask for (400 above)."""
+    max_n: int = 8
+    """Largest `n` (choices per request)."""
+    # --- end trust and quotas ---------------------------------------------------------------
+
     # --- storage policy ----------------------------------------------------------------
     retention_days: int = 30
     """How long stored answers (and their vote records) live in Redis."""
@@ -161,13 +196,22 @@ class Settings(BaseSettings):
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(secrets.token_hex(32))
+            tmp.unlink(missing_ok=True)
+            # 0600 from creation (no window where another user can read the key)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
             try:
                 os.link(tmp, path)  # atomic: first writer wins, others read its key
             except FileExistsError:
                 pass
             finally:
                 tmp.unlink(missing_ok=True)
+        try:  # a key file from an older version may be world-readable: tighten it
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        except OSError:
+            pass
         return path.read_text().strip().encode()
 
     def pseudonymise(self, user: str | None) -> str | None:

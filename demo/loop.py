@@ -63,14 +63,17 @@ class Users:
             temperature=1.0, max_tokens=self.max_tokens, user=user.user_id, seed=seed)
         a, b = resp.choices[0], resp.choices[1]
         ids = [_response_id(resp, c) for c in (a, b)]
+        # The answer's signed feedback_token names the rater (this user, from `user=` above):
+        # the server takes no rater from a feedback body unless the key is a trusted back end.
+        token = (a.model_extra or {}).get("feedback_token")
         ans = [(c.message.content or "", c.finish_reason == "stop") for c in (a, b)]
         sent = errors = 0
-        r = self.http.post("/v1/comparisons", json={"response_ids": ids, "user": user.user_id,
+        r = self.http.post("/v1/comparisons", json={"response_ids": ids, "feedback_token": token,
                                                      "choice": user.choose(*ans, prompt=prompt)})
         sent, errors = sent + (r.status_code < 300), errors + (r.status_code >= 300)
         if user.rng.random() < 0.4:
             k = user.rng.randrange(2)
-            r = self.http.post("/v1/feedback", json={"response_id": ids[k], "user": user.user_id,
+            r = self.http.post("/v1/feedback", json={"response_id": ids[k], "feedback_token": token,
                                                       "rating": user.thumb(ans[k], prompt=prompt)})
             sent, errors = sent + (r.status_code < 300), errors + (r.status_code >= 300)
         return sent, errors

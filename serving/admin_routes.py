@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from common import ops
 from common.registry import RegistryError, UnknownVersion
+from serving.auth import bearer
 
 
 def _settings(request: Request):
@@ -24,8 +25,9 @@ def require_admin(request: Request, authorization: str | None = Header(default=N
     token = _settings(request).admin_token
     if not token:
         raise HTTPException(403, "admin routes are disabled: set RLHF_ADMIN_TOKEN")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not given or not hmac.compare_digest(given, token):
+    given = bearer(authorization)  # "Bearer" in any case
+    # bytes: compare_digest raises on non-ASCII str (was a 500); latin-1 header text -> UTF-8
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
         raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -26,6 +26,15 @@ log = logging.getLogger("rlhf.answers")
 _RECENT_MAX = 20_000
 
 
+class ServedAnswer(StoredAnswer):
+    """A stored answer plus serving-only facts. Written in the same JSON (readers that parse
+    it as StoredAnswer ignore the extra field)."""
+
+    principal: str | None = None
+    """Pseudonym of the API key that asked for it (None: open API, or stored before keys were
+    recorded): a key may only rate answers it produced."""
+
+
 class StoreUnavailable(Exception):
     """Redis could not be reached: the caller answers 503 + Retry-After."""
 
@@ -87,7 +96,7 @@ class AnswerStore:
             raw = await self.redis.get(KEYS.answer(response_id))
         except RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return StoredAnswer.model_validate_json(raw) if raw else None
+        return ServedAnswer.model_validate_json(raw) if raw else None
 
     async def get_many(self, response_ids: list[str]) -> dict[str, StoredAnswer | None]:
         found: dict[str, StoredAnswer | None] = {}
@@ -104,7 +113,7 @@ class AnswerStore:
             except RedisError as exc:
                 raise StoreUnavailable(str(exc)) from exc
             for rid, raw in zip(missing, raws):
-                found[rid] = StoredAnswer.model_validate_json(raw) if raw else None
+                found[rid] = ServedAnswer.model_validate_json(raw) if raw else None
         return found
 
     async def flush_pending(self) -> int:

@@ -26,6 +26,7 @@ from serving.errors import install_error_handlers
 from serving.feedback_store import FeedbackStore
 from serving.hotswap import HotSwapper, resolve_startup
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.quotas import BodyLimitMiddleware, Quotas
 
 log = logging.getLogger("rlhf.app")
 
@@ -82,11 +83,13 @@ def create_app(settings: Settings | None = None, model: str | None = None,
     app = FastAPI(title="rlhf-live serving", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics
     app.state.started_at = time.time()
+    app.state.quotas = Quotas(settings)  # rate limits (Redis via `limits`); connects lazily
     install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(feedback_routes.router)
     app.include_router(admin_routes.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
 
     @app.get("/health")
     async def health(request: Request):

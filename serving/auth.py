@@ -1,42 +1,118 @@
-"""Bearer API keys for the /v1 routes.
+"""Bearer API keys for the /v1 routes, trusted back ends, and key pseudonyms.
 
-When ``RLHF_API_KEYS`` is empty the API is open (development); otherwise every /v1 call needs
-``Authorization: Bearer <one of the keys>``. The dependency returns a *pseudonym* of the key,
-used as the rater identity when a feedback call names no end user.
+Keys: ``RLHF_API_KEYS`` (ordinary callers) and ``RLHF_TRUSTED_API_KEYS`` (trusted back ends:
+also accepted, and the only keys whose feedback may name the rater with a ``user`` field).
+When both are empty the API is *open* (development, loopback only: ``rlhf serve`` refuses to
+listen elsewhere without keys unless ``--insecure``); every caller is then treated as trusted.
+
+Pseudonyms: a key is never stored or logged; its pseudonym (keyed HMAC with a sub-key of the
+deployment's HMAC key) is the caller's *principal*: it owns the answers it produced, is the
+rater of last resort, and names its quotas.
 """
 from __future__ import annotations
 
 import hashlib
-import secrets
+import hmac
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from serving.errors import ApiError
 
 
-def key_pseudonym(key: str) -> str:
-    # Not the key itself: rater ids end up in the training data and in logs.
-    return "k_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+def sub_key(settings, purpose: str) -> bytes:
+    """A key derived from the deployment's HMAC key for one purpose (pseudonyms of keys,
+    feedback tokens), so one use can never be replayed as another."""
+    return hmac.new(settings._hmac_key_bytes, b"rlhf-live/" + purpose.encode(),
+                    hashlib.sha256).digest()
+
+
+def key_pseudonym(key: str, settings) -> str:
+    # Not the key itself: principals end up in the training data and in logs. Keyed, so a
+    # leaked pseudonym cannot be checked against guessed keys offline.
+    digest = hmac.new(sub_key(settings, "api-key-pseudonym"), key.encode(),
+                      hashlib.sha256).hexdigest()
+    return "k_" + digest[:16]
+
+
+def _split(value: str) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def trusted_keys(settings) -> list[str]:
+    return _split(settings.trusted_api_keys)
+
+
+def all_keys(settings) -> list[str]:
+    return settings.api_key_list + trusted_keys(settings)
+
+
+def is_open(settings) -> bool:
+    """No key configured at all: the development mode (loopback only by default)."""
+    return not all_keys(settings)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme case-insensitive)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _matches(token: str, keys: list[str]) -> bool:
+    # bytes, not str: compare_digest refuses non-ASCII str (a 500); every key is compared
+    # (constant time per key) so timing does not reveal which one failed
+    given = token.encode("utf-8", "surrogateescape")
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(given, k.encode("utf-8", "surrogateescape"))
+    return ok
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: str | None
+    """Pseudonym of the key presented (None: no key, or open mode without a bearer)."""
+    has_key: bool
+    """A valid key was presented (always False for a feedback_token-only caller)."""
+    trusted: bool
+    """May name the rater with `user` (trusted back-end key, or open mode)."""
+    open: bool
+
+
+def _missing_key(extra: str = "") -> ApiError:
+    return ApiError(401, f"missing API key: send 'Authorization: Bearer <key>'{extra}",
+                    "invalid_request_error", "missing_api_key",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(request: Request, key_optional: bool = False) -> Caller | None:
+    """The caller of a /v1 request. Raises 401 for a wrong key, and for a missing key unless
+    `key_optional` (then returns None: the route authenticates by feedback_token instead)."""
+    settings = request.app.state.settings
+    token = bearer(request.headers.get("authorization"))
+    if is_open(settings):
+        return Caller(key_pseudonym(token, settings) if token else None,
+                      token is not None, True, True)
+    if token is None:
+        if key_optional:
+            return None
+        raise _missing_key()
+    trusted = _matches(token, trusted_keys(settings))
+    if not (trusted or _matches(token, settings.api_key_list)):
+        raise ApiError(401, "invalid API key", "invalid_request_error", "invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return Caller(key_pseudonym(token, settings), True, trusted, False)
 
 
 async def require_api_key(request: Request) -> str | None:
-    """FastAPI dependency: 401 unless a configured key is presented. Returns the key's
-    pseudonym (or None when the API is open)."""
-    keys: list[str] = request.app.state.settings.api_key_list
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if not keys:
-        return key_pseudonym(token) if scheme.lower() == "bearer" and token else None
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
-                       "invalid_request_error", "missing_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-    # compare against every key (constant time per key) so timing does not reveal which failed
-    ok = False
-    for k in keys:
-        ok |= secrets.compare_digest(token.encode(), k.encode())
-    if not ok:
-        raise ApiError(401, "invalid API key", "invalid_request_error", "invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-    return key_pseudonym(token)
+    """FastAPI dependency of the OpenAI routes: 401 unless a configured key is presented.
+    Returns the key's pseudonym (None when the API is open and no bearer is sent); the
+    caller is also left in ``request.state.caller``."""
+    caller = authenticate(request)
+    request.state.caller = caller
+    return caller.principal
+
+
+def missing_key_or_token() -> ApiError:
+    return _missing_key(" or the answer's feedback_token")

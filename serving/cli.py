@@ -1,6 +1,9 @@
 """``rlhf serve``: run the API server (uvicorn, one process embedding the engine)."""
 from __future__ import annotations
 
+import ipaddress
+import sys
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve the current policy (OpenAI-compatible API)")
@@ -10,7 +13,31 @@ def add_commands(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replica-id", default=None, help="default: RLHF_REPLICA_ID or host:port")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback address with no API keys "
+                        "(RLHF_API_KEYS / RLHF_TRUSTED_API_KEYS): anyone who reaches the port "
+                        "can generate and vote as any user")
     p.set_defaults(handler=_serve)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: may resolve to anything
+
+
+def insecure_bind_refusal(host: str, settings, insecure: bool) -> str | None:
+    """Why `rlhf serve` must not start (None: it may)."""
+    from serving.auth import is_open
+
+    if insecure or is_loopback(host) or not is_open(settings):
+        return None
+    return (f"refusing to listen on {host!r} without API keys: set RLHF_API_KEYS (and/or "
+            "RLHF_TRUSTED_API_KEYS), listen on 127.0.0.1, or pass --insecure to serve an open "
+            "API on the network anyway")
 
 
 def _serve(args) -> int:
@@ -18,14 +45,26 @@ def _serve(args) -> int:
     # guarded, so the child does not re-run this handler.
     import logging
 
+    from common.settings import Settings
+
+    settings = Settings()
+    refusal = insecure_bind_refusal(args.host, settings, args.insecure)
+    if refusal:
+        print(f"rlhf serve: {refusal}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
-    from common.settings import Settings
     from serving.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(Settings(), model=args.model, replica_id=args.replica_id, port=args.port)
+    if args.insecure and not is_loopback(args.host):
+        logging.getLogger("rlhf.serve").warning(
+            "--insecure: serving on %s with %s", args.host,
+            "no API keys (open API)" if insecure_bind_refusal(args.host, settings, False)
+            else "API keys configured")
+    app = create_app(settings, model=args.model, replica_id=args.replica_id, port=args.port)
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                 log_level=args.log_level, timeout_graceful_shutdown=10, access_log=False)
     return 0

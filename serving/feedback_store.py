@@ -1,12 +1,16 @@
 """Writes feedback events atomically: one Lua script per event (or per batch).
 
-Per event, inside Redis and all-or-nothing:
-  1. idempotency: if the key was seen, return the first result (a retry never double counts;
-     the same key with a different body is refused);
+Inside Redis and all-or-nothing for the whole call (a batch writes every event or none):
+  1. idempotency, checked for every event before anything is written: a key seen before with
+     the same body makes that event a duplicate (the first result is returned, nothing counted
+     twice); a key seen with a different body, here or earlier in the same batch, is a
+     conflict, and then *nothing* of the call is written;
   2. XADD the event to the feedback stream (the training side's source of truth), creating the
      stream and its consumer group first if they do not exist, so no event predates the group;
   3. SET the (rater, target) vote record: one vote per rater and target, the latest wins;
-  4. HINCRBY the counters (kind and total).
+  4. HINCRBY the counters: the kind and ``events`` for every event, ``total`` only for a
+     *distinct* vote (a (rater, target) with no record yet), so repeating or flipping a vote
+     does not bring the "M new events" retrain trigger closer.
 """
 from __future__ import annotations
 
@@ -24,36 +28,61 @@ from common.keys import FEEDBACK_GROUP, KEYS
 _LUA = """
 local stream, counts = KEYS[1], KEYS[2]
 local group, idem_ttl, vote_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = (#KEYS - 2) / 2
+local function split(prev)
+  local sep1 = string.find(prev, '|', 1, true)
+  local sep2 = string.find(prev, '|', sep1 + 1, true)
+  return string.sub(prev, 1, sep1 - 1), string.sub(prev, sep1 + 1, sep2 - 1),
+         string.sub(prev, sep2 + 1)
+end
+-- pass 1: idempotency conflicts anywhere => write nothing at all
+local in_batch, conflict = {}, false
+local out = {}
+for i = 1, n do
+  local idem, body_hash = KEYS[2 + 2*i - 1], ARGV[3 + 4*i - 2]
+  out[i] = {'ok', '', ''}
+  if idem ~= '' then
+    local prev = redis.call('GET', idem)
+    local prev_hash = in_batch[idem]
+    if prev then
+      local eid, sid, h = split(prev)
+      prev_hash = h
+      out[i] = {'ok', eid, ''}
+    end
+    if prev_hash and prev_hash ~= body_hash then
+      out[i] = {'conflict', out[i][2], ''}
+      conflict = true
+    end
+    in_batch[idem] = in_batch[idem] or body_hash
+  end
+end
+if conflict then
+  for i = 1, n do
+    if out[i][1] ~= 'conflict' then out[i] = {'aborted', '', ''} end
+  end
+  return out
+end
 if redis.call('EXISTS', stream) == 0 then
   redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
 end
-local out = {}
-local n = (#KEYS - 2) / 2
+-- pass 2: write
 for i = 1, n do
   local idem, vote = KEYS[2 + 2*i - 1], KEYS[2 + 2*i]
   local event, body_hash, field, event_id = ARGV[3 + 4*i - 3], ARGV[3 + 4*i - 2],
                                             ARGV[3 + 4*i - 1], ARGV[3 + 4*i]
-  local seen = false
-  if idem ~= '' then
-    local prev = redis.call('GET', idem)
-    if prev then
-      local sep1 = string.find(prev, '|', 1, true)
-      local sep2 = string.find(prev, '|', sep1 + 1, true)
-      local prev_hash = string.sub(prev, sep2 + 1)
-      if prev_hash == body_hash then
-        out[i] = {'dup', string.sub(prev, 1, sep1 - 1), string.sub(prev, sep1 + 1, sep2 - 1)}
-      else
-        out[i] = {'conflict', string.sub(prev, 1, sep1 - 1), ''}
-      end
-      seen = true
-    end
-  end
-  if not seen then
+  local prev = false
+  if idem ~= '' then prev = redis.call('GET', idem) end
+  if prev then
+    local eid, sid, h = split(prev)
+    out[i] = {'dup', eid, sid}
+  else
     local sid = redis.call('XADD', stream, '*', 'event', event)
+    local distinct = redis.call('EXISTS', vote) == 0
     redis.call('SET', vote, cjson.encode({event_id = event_id, stream_id = sid, event = event}),
                'EX', vote_ttl)
     redis.call('HINCRBY', counts, field, 1)
-    redis.call('HINCRBY', counts, 'total', 1)
+    redis.call('HINCRBY', counts, 'events', 1)
+    if distinct then redis.call('HINCRBY', counts, 'total', 1) end
     if idem ~= '' then
       redis.call('SET', idem, event_id .. '|' .. sid .. '|' .. body_hash, 'EX', idem_ttl)
     end
@@ -66,7 +95,7 @@ return out
 
 @dataclass
 class Accepted:
-    status: str  # "new" | "dup" | "conflict"
+    status: str  # "new" | "dup" | "conflict" | "aborted" (another item conflicted: nothing written)
     event_id: str
     stream_id: str
 

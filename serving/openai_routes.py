@@ -1,7 +1,9 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models.
 
 Extra fields (ignored by the official client, documented in docs/serving.md):
-- every choice (and stream chunk choice) has ``response_id``, the id to rate in /v1/feedback;
+- every choice (and stream chunk choice) has ``response_id``, the id to rate in /v1/feedback,
+  and ``feedback_token`` (streams: on the chunk that opens or finishes a choice), the signed
+  proof that lets the answer's audience rate it without an API key (serving/feedback_token.py);
 - responses carry ``model_version`` (also in ``system_fingerprint``): the exact version that
   produced the answer;
 - /v1/models lists ``id: <served name>`` ("policy") with ``root`` and ``version`` = version id.
@@ -16,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from serving import feedback_token
 from serving.auth import require_api_key
 from serving.generation import (Prepared, prepare_chat, prepare_completion, sampling_params,
                                 stored_answer, usage)
@@ -29,6 +32,25 @@ def _envelope(request: Request, prep: Prepared, version: str, obj: str) -> dict[
     return {"id": prep.request_id, "object": obj, "created": prep.created,
             "model": request.app.state.settings.served_model_name,
             "system_fingerprint": version, "model_version": version}
+
+
+async def _admit(request: Request, prep: Prepared) -> str:
+    """Bind the request to its caller and charge its quotas (429 over a limit); returns the
+    feedback_token of its choices."""
+    state = request.app.state
+    caller = getattr(request.state, "caller", None)
+    prep.principal = caller.principal if caller else None
+    if state.quotas is not None:
+        key = prep.principal or f"ip:{request.client.host if request.client else '?'}"
+        cost = len(prep.prompt_ids) + prep.sampling["n"] * prep.max_tokens
+        checks = [("rate_limit_generation_user", prep.user, 1, "requests per end user")] \
+            if prep.user else []
+        checks += [("rate_limit_generation_key", key, 1, "requests per API key"),
+                   ("rate_limit_generation_tokens_key", key, cost,
+                    "tokens per API key (prompt + n x max_tokens)")]
+        await state.quotas.charge(checks)
+    return feedback_token.issue(state.settings, prep.request_id, prep.sampling["n"],
+                                prep.principal, prep.user)
 
 
 def _count_tokens(request: Request, n_prompt: int, n_completion: int) -> None:
@@ -59,7 +81,7 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool):
+def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool, token: str):
     engine = request.app.state.engine
     params = sampling_params(prep, stream=True)
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -67,6 +89,8 @@ def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool):
     def choice(index: int, text: str, finish: str | None, first: bool = False) -> dict:
         c: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish,
                              "response_id": prep.response_id(index)}
+        if first or finish:  # not on every delta: it would triple the bytes of a stream
+            c["feedback_token"] = token
         if chat:
             c["delta"] = ({"role": "assistant", "content": text} if first
                           else ({"content": text} if text else {}))
@@ -122,11 +146,13 @@ def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool):
 async def chat_completions(body: ChatRequest, request: Request):
     state = request.app.state
     prep = prepare_chat(body, state.engine, state.settings)
+    token = await _admit(request, prep)
     if body.stream:
         return _stream(request, prep, True,
-                       bool(body.stream_options and body.stream_options.include_usage))
+                       bool(body.stream_options and body.stream_options.include_usage), token)
     version, outputs, use = await _generate_final(request, prep)
     choices = [{"index": o.index, "response_id": prep.response_id(o.index),
+                "feedback_token": token,
                 "message": {"role": "assistant", "content": o.text},
                 "finish_reason": o.finish_reason, "logprobs": None} for o in outputs]
     return _envelope(request, prep, version, "chat.completion") | {"choices": choices,
@@ -137,11 +163,13 @@ async def chat_completions(body: ChatRequest, request: Request):
 async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
     prep = prepare_completion(body, state.engine, state.settings)
+    token = await _admit(request, prep)
     if body.stream:
         return _stream(request, prep, False,
-                       bool(body.stream_options and body.stream_options.include_usage))
+                       bool(body.stream_options and body.stream_options.include_usage), token)
     version, outputs, use = await _generate_final(request, prep)
-    choices = [{"index": o.index, "response_id": prep.response_id(o.index), "text": o.text,
+    choices = [{"index": o.index, "response_id": prep.response_id(o.index),
+                "feedback_token": token, "text": o.text,
                 "finish_reason": o.finish_reason, "logprobs": None} for o in outputs]
     return _envelope(request, prep, version, "text_completion") | {"choices": choices,
                                                                     "usage": use}

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_N = 8
+MAX_N = 128
 
 
 class ChatMessage(BaseModel):
@@ -36,6 +36,7 @@ class _SamplingFields(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=MAX_N)
+    """The schema's hard bound; the deployment's cap is RLHF_MAX_N (400 above it)."""
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -43,13 +44,6 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limit(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
 
     def sampling_record(self, max_tokens: int) -> dict[str, Any]:
         """What is stored with each answer (the training side needs the sampling setup)."""

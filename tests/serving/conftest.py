@@ -18,6 +18,8 @@ def serving_env(redis_server, tmp_path_factory) -> dict[str, str]:
     data = tmp_path_factory.mktemp("serving-data")
     return dict(os.environ, RLHF_REDIS_URL=redis_server.url, RLHF_DATA_DIR=str(data),
                 RLHF_API_KEYS=f"{API_KEY},{OTHER_KEY}", RLHF_USER_HMAC_KEY="test-hmac",
+                # API_KEY is a trusted back end (may name the rater with `user`); OTHER_KEY is not
+                RLHF_TRUSTED_API_KEYS=API_KEY,
                 RLHF_MAX_MODEL_LEN="256", RLHF_MAX_NUM_SEQS="16")
 
 

@@ -14,7 +14,8 @@ from common.settings import Settings
 from tests.serving.conftest import API_KEY, OTHER_KEY
 from serving.auth import key_pseudonym
 
-PSEUDO = Settings(user_hmac_key="test-hmac").pseudonymise
+SETTINGS = Settings(user_hmac_key="test-hmac")
+PSEUDO = SETTINGS.pseudonymise
 
 
 def chat(server, content="Tell me a joke", n=1, user=None) -> list[str]:
@@ -73,9 +74,23 @@ def test_latest_vote_of_a_rater_wins(server, r):
 def test_rater_falls_back_to_api_key_pseudonym(server, r):
     (rid,) = chat(server)  # no user on the answer, none in the feedback
     a = post(server, "/feedback", {"response_id": rid, "rating": "up"}).json()
-    b = post(server, "/feedback", {"response_id": rid, "rating": "up"}, key=OTHER_KEY).json()
-    assert a["rater"] == key_pseudonym(API_KEY) != b["rater"] == key_pseudonym(OTHER_KEY)
-    assert API_KEY not in a["rater"]
+    assert a["rater"] == key_pseudonym(API_KEY, SETTINGS) and API_KEY not in a["rater"]
+    # another key may not rate this key's answer (tests/serving/test_trust.py has the rest)
+    b = post(server, "/feedback", {"response_id": rid, "rating": "up"}, key=OTHER_KEY)
+    assert b.status_code == 403 and "answers it produced" in b.json()["error"]["message"]
+
+
+def test_real_answers_carry_a_feedback_token_that_rates_without_a_key(server, r):
+    body = {"model": "policy", "messages": [{"role": "user", "content": "Rate me"}],
+            "max_tokens": 3, "n": 2, "user": "erin"}
+    res = httpx.post(server.v1 + "/chat/completions", json=body, headers=server.headers(),
+                     timeout=60)
+    a, b = res.json()["choices"]
+    vote = httpx.post(server.v1 + "/comparisons", timeout=30, json={
+        "response_ids": [a["response_id"], b["response_id"]], "choice": "b",
+        "feedback_token": b["feedback_token"]})
+    assert vote.status_code == 200, vote.text
+    assert vote.json()["rater"] == PSEUDO("erin")
 
 
 @pytest.mark.parametrize("where", ["header", "body"])

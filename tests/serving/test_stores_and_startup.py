@@ -88,18 +88,24 @@ def test_feedback_script_is_idempotent_within_and_across_calls(db_url):
     async def scenario():
         client = redis_client(db_url)
         store = FeedbackStore(client, idempotency_ttl_s=60, retention_days=1)
+        # a key reused with another body anywhere in a call: nothing of the call is written
+        aborted = await store.add([PendingEvent(ev("up"), "key1", "h1"),
+                                   PendingEvent(ev("down"), "key1", "h2")])
         first = await store.add([PendingEvent(ev("up"), "key1", "h1"),
-                                 PendingEvent(ev("up"), "key1", "h1"),   # same batch retry
-                                 PendingEvent(ev("down"), "key1", "h2")])  # reused key
+                                 PendingEvent(ev("up"), "key1", "h1")])   # same batch retry
+        reused = await store.add([PendingEvent(ev("down"), "key2", "h3"),
+                                  PendingEvent(ev("down"), "key1", "h2")])  # reused key
         again = await store.add([PendingEvent(ev("up"), "key1", "h1")])
         await client.aclose()
-        return first, again
+        return aborted, first, reused, again
 
-    first, again = asyncio.run(scenario())
-    assert [a.status for a in first] == ["new", "dup", "conflict"]
+    aborted, first, reused, again = asyncio.run(scenario())
+    assert [a.status for a in aborted] == ["aborted", "conflict"]
+    assert [a.status for a in first] == ["new", "dup"]
+    assert [a.status for a in reused] == ["aborted", "conflict"]
     assert again[0].status == "dup" and again[0].stream_id == first[0].stream_id
     r = sync_redis.Redis.from_url(db_url, decode_responses=True)
     assert r.xlen(KEYS.feedback_stream) == 1
-    assert r.hgetall(KEYS.feedback_counts) == {"up": "1", "total": "1"}
+    assert r.hgetall(KEYS.feedback_counts) == {"up": "1", "events": "1", "total": "1"}
     assert r.xinfo_groups(KEYS.feedback_stream)[0]["name"] == "trainer"
     assert r.ttl(KEYS.vote("u", "resp_a")) > 0 and r.ttl(KEYS.idempotency("key1")) > 0

@@ -1,0 +1,523 @@
+"""Issue 12, trust rules of the server, against real Redis (private redis-server, DB 5).
+
+The app is the real one (create_app: routes, auth, quotas, body cap, feedback script), driven
+in-process through httpx's ASGI transport; only the vLLM engine is replaced by a stub that
+answers instantly, so no engine starts here (the end-to-end path with a real engine is covered
+by tests/serving/test_feedback_api.py on the shared tiny-model server).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import redis as sync_redis
+
+from common.keys import KEYS
+from common.settings import Settings
+from serving import feedback_token, openai_routes
+from serving.answer_store import AnswerStore
+from serving.app import create_app, redis_client
+from serving.auth import key_pseudonym
+from serving.cli import insecure_bind_refusal
+from serving.feedback_store import FeedbackStore
+from tests.helpers.server import free_port, rlhf_executable
+
+KEY, OTHER, TRUSTED = "key-a", "key-b", "key-backend"
+HMAC = "trust-test-hmac"
+PSEUDO = Settings(user_hmac_key=HMAC).pseudonymise
+NO_LIMITS = dict(rate_limit_generation_key="", rate_limit_generation_tokens_key="",
+                 rate_limit_generation_user="", rate_limit_feedback_key="",
+                 rate_limit_feedback_rater="")
+
+
+class StubEngine:
+    """What the routes use of serving.engine.Engine, answering at once."""
+
+    version = "v0"
+    max_model_len = 256
+    llm = SimpleNamespace(errored=False)
+
+    def count_tokens(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    def apply_chat_template(self, messages) -> str:
+        return " ".join(m["content"] for m in messages)
+
+    @asynccontextmanager
+    async def serving(self):
+        yield self.version
+
+    async def generate(self, prompt_ids, params, request_id):
+        n = params["n"]
+        outs = [SimpleNamespace(index=i, text=f"answer {i}", token_ids=[1, 2],
+                                finish_reason="stop") for i in range(n)]
+        yield SimpleNamespace(outputs=outs)
+
+
+@pytest.fixture
+def db_url(redis_server):
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    sync_redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def r(db_url):
+    return sync_redis.Redis.from_url(db_url, decode_responses=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_vllm(monkeypatch):
+    # sampling_params imports vllm; the stub engine reads the Prepared sampling dict instead
+    monkeypatch.setattr(openai_routes, "sampling_params",
+                        lambda prep, stream: prep.sampling | {"max_tokens": prep.max_tokens})
+
+
+def settings_for(db_url, tmp_path, **over) -> Settings:
+    base = dict(redis_url=db_url, data_dir=tmp_path, api_keys=f"{KEY},{OTHER}",
+                trusted_api_keys=TRUSTED, user_hmac_key=HMAC, admin_token="admin-secret")
+    return Settings(**(base | NO_LIMITS | over))
+
+
+def run(settings: Settings, scenario):
+    """Run `scenario(client)` against the app in one event loop (real Redis, stub engine)."""
+    async def main():
+        app = create_app(settings)
+        redis = redis_client(settings.redis_url)
+        app.state.engine = StubEngine()
+        app.state.answers = AnswerStore(redis, settings.retention_days, app.state.metrics)
+        app.state.feedback = FeedbackStore(redis, settings.idempotency_ttl_s,
+                                           settings.retention_days)
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                return await scenario(c)
+        finally:
+            await redis.aclose()
+    return asyncio.run(main())
+
+
+def auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def chat(c, key=KEY, n=1, user=None, content="hello there", **extra):
+    body = {"model": "policy", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4, "n": n} | extra
+    if user:
+        body["user"] = user
+    res = await c.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert res.status_code == 200, res.text
+    return res.json()["choices"]
+
+
+def counts(r) -> dict[str, int]:
+    return {k: int(v) for k, v in r.hgetall(KEYS.feedback_counts).items()}
+
+
+# --- votes bound to the answer's audience ------------------------------------------------
+
+def test_every_choice_carries_a_token_that_rates_without_an_api_key(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        a, b = await chat(c, n=2, user="alice")
+        assert a["feedback_token"] and a["feedback_token"] == b["feedback_token"]
+        thumb = await c.post("/v1/feedback", json={"response_id": b["response_id"],
+                                                   "rating": "up",
+                                                   "feedback_token": b["feedback_token"]})
+        assert thumb.status_code == 200, thumb.text
+        assert thumb.json()["rater"] == PSEUDO("alice")
+        cmp_ = await c.post("/v1/comparisons", json={
+            "response_ids": [a["response_id"], b["response_id"]], "choice": "a",
+            "feedback_token": a["feedback_token"]})
+        assert cmp_.status_code == 200 and cmp_.json()["rater"] == PSEUDO("alice")
+        # no end user on the answer: the rater is the key that asked, as the token says
+        (x,) = await chat(c)
+        res = await c.post("/v1/feedback", json={"response_id": x["response_id"],
+                                                 "rating": "down",
+                                                 "feedback_token": x["feedback_token"]})
+        assert res.json()["rater"] == key_pseudonym(KEY, s)
+        # streamed (chat and completions) and non-streamed completions carry it too
+        async with c.stream("POST", "/v1/chat/completions", headers=auth(KEY), json={
+                "messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": True,
+                "max_tokens": 3}) as resp:
+            chunks = [json.loads(line[6:]) async for line in resp.aiter_lines()
+                      if line.startswith("data: {")]
+        finished = [ch for chunk in chunks for ch in chunk["choices"] if ch["finish_reason"]]
+        assert len(finished) == 2 and all(ch["feedback_token"] for ch in finished)
+        assert all(ch.get("feedback_token") for ch in chunks[0]["choices"])  # the role chunk
+        comp = await c.post("/v1/completions", headers=auth(KEY),
+                            json={"prompt": "once upon", "max_tokens": 3})
+        token = comp.json()["choices"][0]["feedback_token"]
+        ok = await c.post("/v1/feedback", json={
+            "response_id": comp.json()["choices"][0]["response_id"], "rating": "up",
+            "feedback_token": token})
+        assert ok.status_code == 200
+        return finished
+
+    finished = run(s, scenario)
+    rid = finished[0]["response_id"]
+    assert feedback_token.verify(s, finished[0]["feedback_token"]).covers(rid)
+    assert counts(r)["total"] == 4
+
+
+def _forge(token: str, **claims) -> str:
+    v, payload, sig = token.split(".")
+    raw = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    raw.update(claims)
+    new = base64.urlsafe_b64encode(json.dumps(raw).encode()).rstrip(b"=").decode()
+    return f"{v}.{new}.{sig}"
+
+
+def test_forged_and_expired_tokens_are_401_and_record_nothing(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+    other_deployment = settings_for(db_url, tmp_path, user_hmac_key="another-key")
+
+    async def scenario(c):
+        (a,) = await chat(c, user="alice")
+        rid, tok = a["response_id"], a["feedback_token"]
+        cases = {
+            "rater swapped": _forge(tok, u=PSEUDO("mallory")),
+            "more answers claimed": _forge(tok, n=8),
+            "signature of another key": feedback_token.issue(other_deployment, rid, 1, None,
+                                                             PSEUDO("mallory")),
+            "garbage": "ft1.abc.def",
+            "not even a token": "hello",
+            "expired": feedback_token.issue(s, rid, 1, key_pseudonym(KEY, s), PSEUDO("alice"),
+                                            now=time.time() - s.feedback_token_ttl_s - 5),
+        }
+        out = {}
+        for name, forged in cases.items():
+            res = await c.post("/v1/feedback", json={"response_id": rid, "rating": "down",
+                                                     "feedback_token": forged})
+            out[name] = (res.status_code, res.json()["error"])
+        return out
+
+    n_before = r.xlen(KEYS.feedback_stream)
+    out = run(s, scenario)
+    for name, (status, err) in out.items():
+        assert status == 401, name
+        assert "feedback_token" in err["message"], name
+    assert out["expired"][1]["code"] == "feedback_token_expired"
+    assert "bad signature" in out["rater swapped"][1]["message"]
+    assert r.xlen(KEYS.feedback_stream) == n_before == 0
+
+
+def test_a_key_may_only_rate_answers_it_produced(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        (mine,) = await chat(c, key=KEY, user="alice")
+        (theirs,) = await chat(c, key=OTHER, user="bob")
+        own = await c.post("/v1/feedback", headers=auth(KEY),
+                           json={"response_id": mine["response_id"], "rating": "up"})
+        other = await c.post("/v1/feedback", headers=auth(KEY),
+                             json={"response_id": theirs["response_id"], "rating": "down"})
+        # the other key's token does not help a key either
+        stolen = await c.post("/v1/feedback", headers=auth(KEY), json={
+            "response_id": theirs["response_id"], "rating": "down",
+            "feedback_token": theirs["feedback_token"]})
+        # nor does a token of one answer cover another answer
+        wrong = await c.post("/v1/feedback", json={
+            "response_id": theirs["response_id"], "rating": "down",
+            "feedback_token": mine["feedback_token"]})
+        cmp_ = await c.post("/v1/comparisons", headers=auth(OTHER), json={
+            "response_ids": [mine["response_id"], theirs["response_id"]], "choice": "b"})
+        return own, other, stolen, wrong, cmp_
+
+    own, other, stolen, wrong, cmp_ = run(s, scenario)
+    assert own.status_code == 200 and own.json()["rater"] == PSEUDO("alice")
+    for res in (other, stolen, wrong):
+        assert res.status_code == 403, res.text
+    assert "may only rate answers it produced" in other.json()["error"]["message"]
+    assert "another API key" in stolen.json()["error"]["message"]
+    assert "does not cover" in wrong.json()["error"]["message"]
+    assert cmp_.status_code in (403, 422)  # different prompts or not its answer: refused
+    assert r.xlen(KEYS.feedback_stream) == 1
+
+
+def test_user_field_only_from_trusted_back_ends(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        (a,) = await chat(c, key=KEY, user="alice")
+        spoof = await c.post("/v1/feedback", headers=auth(KEY), json={
+            "response_id": a["response_id"], "rating": "down", "user": "sybil-1"})
+        spoof_token = await c.post("/v1/feedback", json={
+            "response_id": a["response_id"], "rating": "down", "user": "sybil-2",
+            "feedback_token": a["feedback_token"]})
+        (t,) = await chat(c, key=TRUSTED)
+        trusted = await c.post("/v1/feedback", headers=auth(TRUSTED), json={
+            "response_id": t["response_id"], "rating": "up", "user": "carol"})
+        batch = await c.post("/v1/feedback/batch", headers=auth(KEY), json={"items": [
+            {"response_id": a["response_id"], "rating": "up"},
+            {"response_id": a["response_id"], "rating": "up", "user": "sybil-3"}]})
+        return spoof, spoof_token, trusted, batch
+
+    spoof, spoof_token, trusted, batch = run(s, scenario)
+    for res in (spoof, spoof_token, batch):
+        assert res.status_code == 403, res.text
+        assert "trusted back-end keys" in res.json()["error"]["message"]
+    assert batch.json()["error"]["message"].startswith("items[1]:")
+    assert trusted.status_code == 200 and trusted.json()["rater"] == PSEUDO("carol")
+    assert r.xlen(KEYS.feedback_stream) == 1  # only the trusted back end's vote
+
+
+def test_open_api_trusts_every_caller_and_keys_are_checked_when_configured(db_url, tmp_path):
+    open_s = settings_for(db_url, tmp_path, api_keys="", trusted_api_keys="")
+
+    async def open_scenario(c):
+        (a,) = await chat(c, key=None)
+        return await c.post("/v1/feedback", json={"response_id": a["response_id"],
+                                                  "rating": "up", "user": "dev"})
+
+    res = run(open_s, open_scenario)
+    assert res.status_code == 200 and res.json()["rater"] == PSEUDO("dev")
+
+    async def closed(c):
+        (a,) = await chat(c)
+        out = [await c.post(path, json=body) for path, body in [
+            ("/v1/feedback", {"response_id": a["response_id"], "rating": "up"}),
+            ("/v1/feedback", {}),
+            ("/v1/comparisons", {"response_ids": ["x", "y"], "choice": "a"}),
+            ("/v1/feedback/batch", {"items": [{"response_id": a["response_id"],
+                                               "rating": "up"}]})]]
+        out.append(await c.post("/v1/feedback", headers=auth("wrong"),
+                                json={"response_id": a["response_id"], "rating": "up",
+                                      "feedback_token": a["feedback_token"]}))
+        out.append(await c.post("/v1/chat/completions", headers={"Authorization": "Basic x"},
+                                json={"messages": [{"role": "user", "content": "x"}]}))
+        return out
+
+    for res in run(settings_for(db_url, tmp_path), closed):
+        assert res.status_code == 401, res.text
+        assert "API key" in res.json()["error"]["message"]
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+def test_rate_limits_answer_429_with_retry_after(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path, rate_limit_feedback_rater="2/minute",
+                     rate_limit_generation_key="3/minute",
+                     rate_limit_generation_tokens_key="1000/minute",
+                     rate_limit_generation_user="2/minute")
+
+    async def scenario(c):
+        choices = await chat(c, n=3, user="alice")
+        votes = [await c.post("/v1/feedback", json={"response_id": ch["response_id"],
+                                                    "rating": "up",
+                                                    "feedback_token": ch["feedback_token"]})
+                 for ch in choices]
+        await chat(c, user="alice")
+        user_limited = await c.post("/v1/chat/completions", headers=auth(KEY), json={
+            "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "user": "alice"})
+        await chat(c, user="bob")
+        key_limited = await c.post("/v1/chat/completions", headers=auth(KEY), json={
+            "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "user": "dan"})
+        other_key = await c.post("/v1/chat/completions", headers=auth(OTHER), json={
+            "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        huge = await c.post("/v1/chat/completions", headers=auth(OTHER), json={
+            "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "n": 8})
+        return votes, user_limited, key_limited, other_key, huge
+
+    votes, user_limited, key_limited, other_key, huge = run(s, scenario)
+    assert [v.status_code for v in votes] == [200, 200, 429]
+    for res in (votes[2], user_limited, key_limited):
+        assert res.status_code == 429, res.text
+        assert 1 <= int(res.headers["Retry-After"]) <= 60
+        assert res.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "per rater" in votes[2].json()["error"]["message"]
+    assert "per end user" in user_limited.json()["error"]["message"]
+    assert "per API key" in key_limited.json()["error"]["message"]
+    assert other_key.status_code == 200  # limits are per key
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "request_exceeds_quota"
+    assert r.xlen(KEYS.feedback_stream) == 2
+    assert any(k.startswith(KEYS.rate_limits) for k in r.keys("*"))
+
+
+def test_generation_tokens_quota(db_url, tmp_path):
+    s = settings_for(db_url, tmp_path, rate_limit_generation_tokens_key="100/minute")
+
+    async def scenario(c):
+        body = {"messages": [{"role": "user", "content": "one two"}], "max_tokens": 30, "n": 2}
+        return [await c.post("/v1/chat/completions", headers=auth(KEY), json=body)
+                for _ in range(2)]
+
+    first, second = run(s, scenario)
+    assert first.status_code == 200 and second.status_code == 429  # 62 + 62 > 100
+    assert "tokens per API key" in second.json()["error"]["message"]
+
+
+def test_caps_on_request_size_are_clear_4xx(db_url, tmp_path):
+    s = settings_for(db_url, tmp_path, max_request_bytes=4000, max_messages=3,
+                     max_message_chars=50, max_stop_sequences=2, max_stop_chars=5,
+                     default_max_tokens=7, max_tokens_limit=20, max_n=2)
+
+    def msgs(k, text="hi"):
+        return [{"role": "user", "content": text}] * k
+
+    cases = [
+        ({"messages": msgs(4)}, 400, "RLHF_MAX_MESSAGES"),
+        ({"messages": msgs(1, "x" * 51)}, 400, "RLHF_MAX_MESSAGE_CHARS"),
+        ({"messages": msgs(1), "stop": ["a", "b", "c"]}, 400, "RLHF_MAX_STOP_SEQUENCES"),
+        ({"messages": msgs(1), "stop": "toolong"}, 400, "RLHF_MAX_STOP_CHARS"),
+        ({"messages": msgs(1), "max_tokens": 21}, 400, "RLHF_MAX_TOKENS_LIMIT"),
+        ({"messages": msgs(1), "max_completion_tokens": 21}, 400, "RLHF_MAX_TOKENS_LIMIT"),
+        ({"messages": msgs(1), "n": 3}, 400, "RLHF_MAX_N"),
+        ({"messages": msgs(1, "y" * 45), "stop": "z" * 5000}, 413, "RLHF_MAX_REQUEST_BYTES"),
+    ]
+
+    async def scenario(c):
+        out = [await c.post("/v1/chat/completions", headers=auth(KEY), json=body)
+               for body, _, _ in cases]
+        out.append(await c.post("/v1/completions", headers=auth(KEY),
+                                json={"prompt": "p" * 51}))
+        ok = await c.post("/v1/chat/completions", headers=auth(KEY), json={"messages": msgs(3)})
+
+        async def chunked():  # no Content-Length: counted while read
+            for _ in range(5):
+                yield b" " * 1000
+        big_feedback = await c.post("/v1/feedback", headers=auth(KEY) | {
+            "content-type": "application/json"}, content=chunked())
+        return out, ok, big_feedback
+
+    out, ok, big_feedback = run(s, scenario)
+    for (body, status, needle), res in zip(cases, out):
+        assert res.status_code == status, (body, res.text)
+        assert needle in res.json()["error"]["message"], (body, res.text)
+    assert out[-1].status_code == 400 and "RLHF_MAX_MESSAGE_CHARS" in out[-1].text
+    assert ok.status_code == 200
+    assert ok.json()["usage"]["completion_tokens"] == 2  # stub
+    assert big_feedback.status_code == 413, big_feedback.text
+    assert "RLHF_MAX_REQUEST_BYTES" in big_feedback.json()["error"]["message"]
+
+
+def test_default_max_tokens_is_the_setting_capped_by_context(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path, default_max_tokens=7)
+
+    async def scenario(c):
+        return await chat(c, max_tokens=None)
+
+    (a,) = run(s, scenario)
+    stored = json.loads(r.get(KEYS.answer(a["response_id"])))
+    assert stored["sampling"]["max_tokens"] == 7
+    assert stored["principal"] == key_pseudonym(KEY, s)
+
+
+# --- the retrain trigger counts distinct votes; batches are all-or-nothing -----------------
+
+def test_repeated_votes_count_once_toward_the_trigger(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        (a,) = await chat(c, user="alice")
+        body = {"response_id": a["response_id"], "feedback_token": a["feedback_token"]}
+        for rating in ["up", "down", "up", "up"]:
+            res = await c.post("/v1/feedback", json=body | {"rating": rating})
+            assert res.status_code == 200
+
+    run(s, scenario)
+    c = counts(r)
+    assert c["events"] == 4 and c["total"] == 1  # the trigger reads "total"
+    assert r.xlen(KEYS.feedback_stream) == 4       # every event is still kept
+
+
+def test_batch_with_an_idempotency_conflict_writes_nothing(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        choices = await chat(c, n=3, user="alice")
+        ids = [ch["response_id"] for ch in choices]
+        first = await c.post("/v1/feedback/batch", headers=auth(KEY), json={"items": [
+            {"response_id": ids[0], "rating": "up", "idempotency_key": "k1"}]})
+        assert first.status_code == 200
+        before = (r.xlen(KEYS.feedback_stream), counts(r), sorted(r.keys(KEYS.vote("*", "*"))))
+        conflict = await c.post("/v1/feedback/batch", headers=auth(KEY), json={"items": [
+            {"response_id": ids[1], "rating": "up", "idempotency_key": "k2"},
+            {"response_id": ids[2], "rating": "down"},
+            {"response_id": ids[0], "rating": "down", "idempotency_key": "k1"}]})
+        in_batch = await c.post("/v1/feedback/batch", headers=auth(KEY), json={"items": [
+            {"response_id": ids[1], "rating": "up", "idempotency_key": "k3"},
+            {"response_id": ids[2], "rating": "up", "idempotency_key": "k3"}]})
+        after = (r.xlen(KEYS.feedback_stream), counts(r), sorted(r.keys(KEYS.vote("*", "*"))))
+        k2_taken = r.exists(KEYS.idempotency(f"{key_pseudonym(KEY, s)}:k2"))
+        retry = await c.post("/v1/feedback/batch", headers=auth(KEY), json={"items": [
+            {"response_id": ids[1], "rating": "up", "idempotency_key": "k2"},
+            {"response_id": ids[0], "rating": "up", "idempotency_key": "k1"}]})
+        return before, conflict, in_batch, after, k2_taken, retry
+
+    before, conflict, in_batch, after, k2_taken, retry = run(s, scenario)
+    assert conflict.status_code == 422 and in_batch.status_code == 422
+    assert conflict.json()["error"]["message"].startswith("items[2]:")
+    assert "nothing of this batch was recorded" in conflict.json()["error"]["message"]
+    assert in_batch.json()["error"]["message"].startswith("items[1]:")
+    assert after == before                                  # nothing written, nothing counted
+    assert not k2_taken
+    assert retry.status_code == 200                          # the key k2 is still free
+    assert [d["duplicate"] for d in retry.json()["data"]] == [False, True]
+
+
+# --- secure defaults -----------------------------------------------------------------------
+
+def test_serve_refuses_a_non_loopback_address_without_api_keys(tmp_path, redis_server):
+    s_open, s_keys = Settings(data_dir=tmp_path), Settings(data_dir=tmp_path, api_keys="k")
+    assert insecure_bind_refusal("0.0.0.0", s_open, insecure=False)
+    assert insecure_bind_refusal("::", s_open, insecure=False)
+    assert insecure_bind_refusal("example.org", s_open, insecure=False)
+    assert insecure_bind_refusal("0.0.0.0", s_open, insecure=True) is None
+    assert insecure_bind_refusal("0.0.0.0", s_keys, insecure=False) is None
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert insecure_bind_refusal(host, s_open, insecure=False) is None
+    env = dict(os.environ, RLHF_DATA_DIR=str(tmp_path), RLHF_REDIS_URL=redis_server.url)
+    for k in ("RLHF_API_KEYS", "RLHF_TRUSTED_API_KEYS"):
+        env.pop(k, None)
+    proc = subprocess.run([rlhf_executable(), "serve", "--host", "0.0.0.0", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "refusing to listen on '0.0.0.0' without API keys" in proc.stderr
+    assert "--insecure" in proc.stderr
+
+
+def test_admin_token_is_compared_as_bytes_and_bearer_is_case_insensitive(db_url, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        out = {}
+        for name, value in [("non-ascii", "Bearer admin-sécret".encode("latin-1")),
+                            ("wrong", b"Bearer nope"), ("lower", b"bearer admin-secret"),
+                            ("upper", b"BEARER admin-secret"), ("none", None)]:
+            headers = [(b"authorization", value)] if value else []
+            res = await c.get("/admin/versions", headers=headers)
+            out[name] = res.status_code
+        return out
+
+    assert run(s, scenario) == {"non-ascii": 401, "wrong": 401, "lower": 200, "upper": 200,
+                                "none": 401}
+
+
+def test_hmac_key_file_is_private_and_key_pseudonyms_use_it(tmp_path):
+    s = Settings(data_dir=tmp_path)
+    key = s._hmac_key_bytes
+    path = tmp_path / "user_hmac.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(key) == 64
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "user_hmac.key").write_text("k" * 64)
+    (old / "user_hmac.key").chmod(0o644)          # written by an older version
+    assert Settings(data_dir=old)._hmac_key_bytes == b"k" * 64
+    assert stat.S_IMODE((old / "user_hmac.key").stat().st_mode) == 0o600
+    a, b = Settings(user_hmac_key="one"), Settings(user_hmac_key="two")
+    assert key_pseudonym("same-key", a) != key_pseudonym("same-key", b)
+    assert key_pseudonym("same-key", a) == key_pseudonym("same-key", Settings(user_hmac_key="one"))
+    assert "same-key" not in key_pseudonym("same-key", a)
