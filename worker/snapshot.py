@@ -16,6 +16,7 @@ has not yet acknowledged: the snapshot files are the history, the stream only a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import redis
 from common.events import FeedbackEvent
 from common.keys import FEEDBACK_GROUP, KEYS
 from common.privacy import short_lock
+
+log = logging.getLogger(__name__)
 
 CONSUMER = "pipeline"
 BATCH = 1000
@@ -227,11 +230,17 @@ def load_snapshots(snap_dir: Path) -> list[dict]:
     seen: set[str] = set()
     records = []
     for path in sorted(Path(snap_dir).glob("*.jsonl")):
-        for line in path.read_text().splitlines():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
-            rec = json.loads(line)
-            eid = rec["event"]["event_id"]
+            try:
+                rec = json.loads(line)
+                eid = rec["event"]["event_id"]
+            except (ValueError, KeyError, TypeError) as exc:
+                # one damaged line must not fail every later run (the stream's entries were
+                # checked before writing; this is a file edited or damaged on disk)
+                log.warning("skipping unreadable record %s:%d: %r", path, n, exc)
+                continue
             if eid not in seen:
                 seen.add(eid)
                 rec["snapshot_run"] = path.stem.rsplit("-", 1)[0]

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import redis
 
@@ -39,6 +41,7 @@ def retrain(self, run_id: str | None = None, reason: str = "operator", force: bo
     if attempt > settings.pipeline_max_attempts:
         lock.client.eval(_RELEASE_IF_OURS, 1, KEYS.pipeline_lock, run_id)  # the dead copy's lock
         client.set(KEYS.pipeline_last_failure, time.time())
+        shutil.rmtree(Path(settings.data_dir) / "work" / run_id, ignore_errors=True)
         error = (f"the worker died {attempt - 1} times running it (out of memory? see the "
                  f"worker's log); gave up after {settings.pipeline_max_attempts} attempts")
         log.error("pipeline %s failed: %s", run_id, error)

@@ -383,3 +383,12 @@ def test_forget_cli_and_admin_route(redis_url, tmp_path, rlhf_env):
     resp = client.delete("/admin/users/carol", headers={"Authorization": "Bearer secret"})
     assert resp.status_code == 200 and resp.json()["answers"] == 2 and resp.json()["feedback_events"] == 1
     assert r.exists(KEYS.answer("a1")) and not r.exists(KEYS.answer("a2"))
+
+
+def test_a_damaged_snapshot_line_is_skipped_not_fatal(redis_url, tmp_path):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    _comparison(r, 0)
+    take_snapshot(r, tmp_path, "run1")
+    with open(tmp_path / "run1-0.jsonl", "a") as f:
+        f.write('{"truncated": \n{"event": {}}\n')
+    assert [x["event"]["event_id"] for x in load_snapshots(tmp_path)] == ["e0"]
