@@ -18,11 +18,11 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from redis.exceptions import RedisError
 
 from common.events import FeedbackEvent
@@ -38,6 +38,7 @@ from serving.feedback_store import Accepted, PendingEvent, body_hash
 router = APIRouter(prefix="/v1", tags=["feedback"])
 RETRY_AFTER_S = "2"
 MAX_BATCH = 1000
+TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=feedback_token.MAX_LEN)]
 TOKEN_FIELD = Field(default=None, min_length=1, max_length=feedback_token.MAX_LEN,
                     description="the answer's feedback_token: rate without an API key")
 
@@ -59,9 +60,9 @@ class ThumbIn(_Strict):
 class ComparisonIn(_Strict):
     response_ids: list[str] = Field(min_length=2, max_length=2)
     choice: Literal["a", "b", "tie", "both_bad"]
-    feedback_token: str | list[str] | None = Field(
-        default=None, description="the answers' feedback_token (one per answer if they come "
-                                  "from two requests)")
+    feedback_token: TokenStr | Annotated[list[TokenStr], Field(min_length=1, max_length=2)] \
+        | None = Field(default=None, description="the answers' feedback_token (one per answer "
+                                                 "if they come from two requests)")
     user: str | None = Field(default=None, max_length=256,
                              description="rater; trusted back-end keys only")
     comment: str | None = Field(default=None, max_length=4000)

@@ -521,3 +521,28 @@ def test_hmac_key_file_is_private_and_key_pseudonyms_use_it(tmp_path):
     assert key_pseudonym("same-key", a) != key_pseudonym("same-key", b)
     assert key_pseudonym("same-key", a) == key_pseudonym("same-key", Settings(user_hmac_key="one"))
     assert "same-key" not in key_pseudonym("same-key", a)
+
+
+def test_comparison_across_two_requests_needs_both_tokens_of_one_user(db_url, r, tmp_path):
+    s = settings_for(db_url, tmp_path)
+
+    async def scenario(c):
+        (a,) = await chat(c, user="alice", content="same prompt")
+        (b,) = await chat(c, user="alice", content="same prompt")
+        (m,) = await chat(c, user="mallory", content="same prompt")
+        pair = {"response_ids": [a["response_id"], b["response_id"]], "choice": "a"}
+        one = await c.post("/v1/comparisons", json=pair | {"feedback_token": a["feedback_token"]})
+        both = await c.post("/v1/comparisons", json=pair | {
+            "feedback_token": [a["feedback_token"], b["feedback_token"]]})
+        mixed = await c.post("/v1/comparisons", json={
+            "response_ids": [a["response_id"], m["response_id"]], "choice": "b",
+            "feedback_token": [a["feedback_token"], m["feedback_token"]]})
+        three = await c.post("/v1/comparisons", json=pair | {"feedback_token": ["x", "y", "z"]})
+        return one, both, mixed, three
+
+    one, both, mixed, three = run(s, scenario)
+    assert one.status_code == 403 and "does not cover" in one.json()["error"]["message"]
+    assert both.status_code == 200 and both.json()["rater"] == PSEUDO("alice")
+    assert mixed.status_code == 403 and "different callers or users" in mixed.text
+    assert three.status_code == 422
+    assert r.xlen(KEYS.feedback_stream) == 1
