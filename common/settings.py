@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     the answer's `feedback_token` (rater = the answer's end user) or as their own key."""
     feedback_token_ttl_s: int = 3600
     """Lifetime of the signed `feedback_token` returned with every choice."""
-    rate_limit_generation_key: str = "6000/minute"
+    rate_limit_generation_key: str = "20000/minute"
     """Generation requests per API key (per client address when open). `limits` notation
     ("N/second|minute|hour|day", several separated by ';'); empty = no limit."""
     rate_limit_generation_tokens_key: str = "2000000/minute"
