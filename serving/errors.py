@@ -5,7 +5,32 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class _ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: _ErrorDetail
+
+
+_WHY = {400: "over a cap or the context length, or a request bigger than a whole quota",
+        401: "missing or wrong API key, or a forged or expired feedback_token",
+        403: "not allowed: another key's answer, or `user` from an untrusted key",
+        404: "unknown model or response id", 413: "request body over RLHF_MAX_REQUEST_BYTES",
+        422: "malformed body", 429: "over a rate limit (see Retry-After)",
+        503: "Redis unavailable (see Retry-After)"}
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI `responses` for a route: the error shape under each status it can answer."""
+    return {c: {"model": ErrorBody, "description": _WHY[c]} for c in codes}
 
 
 class ApiError(Exception):

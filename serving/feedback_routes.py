@@ -29,7 +29,7 @@ from common.events import FeedbackEvent
 from serving import feedback_token
 from serving.answer_store import ServedAnswer, StoreUnavailable
 from serving.auth import Caller, authenticate, missing_key_or_token
-from serving.errors import ApiError, describe_validation
+from serving.errors import ApiError, describe_validation, error_responses
 from serving.feedback_store import Accepted, PendingEvent, body_hash
 
 # No router-level dependencies and no typed body parameters here on purpose: FastAPI's
@@ -37,6 +37,7 @@ from serving.feedback_store import Accepted, PendingEvent, body_hash
 # hottest path. Each route authenticates first, then validates the raw body with pydantic.
 router = APIRouter(prefix="/v1", tags=["feedback"])
 RETRY_AFTER_S = "2"
+FEEDBACK_ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503)
 MAX_BATCH = 1000
 TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=feedback_token.MAX_LEN)]
 TOKEN_FIELD = Field(default=None, min_length=1, max_length=feedback_token.MAX_LEN,
@@ -256,7 +257,7 @@ def _thumb_event(request: Request, body: ThumbIn, answer: ServedAnswer,
     return PendingEvent(ev, idem, digest), who
 
 
-@router.post("/feedback", openapi_extra=_body_doc(ThumbIn))
+@router.post("/feedback", openapi_extra=_body_doc(ThumbIn), responses=FEEDBACK_ERRORS)
 async def post_feedback(request: Request):
     caller, body = await _auth_and_parse(request, ThumbIn)
     idempotency_key = request.headers.get("idempotency-key")
@@ -267,7 +268,7 @@ async def post_feedback(request: Request):
     return JSONResponse(_reply(item, res))
 
 
-@router.post("/feedback/batch", openapi_extra=_body_doc(ThumbBatchIn))
+@router.post("/feedback/batch", openapi_extra=_body_doc(ThumbBatchIn), responses=FEEDBACK_ERRORS)
 async def post_feedback_batch(request: Request):
     """Many thumbs in one call and one Redis round trip; all-or-nothing (validation,
     permissions, quotas and idempotency conflicts: one bad item and nothing is recorded)."""
@@ -289,7 +290,7 @@ async def post_feedback_batch(request: Request):
                          "data": [_reply(i, r) for i, r in zip(items, results)]})
 
 
-@router.post("/comparisons", openapi_extra=_body_doc(ComparisonIn))
+@router.post("/comparisons", openapi_extra=_body_doc(ComparisonIn), responses=FEEDBACK_ERRORS)
 async def post_comparison(request: Request):
     caller, body = await _auth_and_parse(request, ComparisonIn)
     idempotency_key = request.headers.get("idempotency-key")

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from serving import feedback_token
 from serving.auth import require_api_key
+from serving.errors import error_responses
 from serving.generation import (Prepared, prepare_chat, prepare_completion, sampling_params,
                                 stored_answer, usage)
 from serving.openai_schemas import ChatRequest, CompletionRequest
@@ -142,7 +143,7 @@ def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool, t
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=error_responses(400, 401, 404, 413, 422, 429))
 async def chat_completions(body: ChatRequest, request: Request):
     state = request.app.state
     prep = prepare_chat(body, state.engine, state.settings)
@@ -159,7 +160,7 @@ async def chat_completions(body: ChatRequest, request: Request):
                                                                     "usage": use}
 
 
-@router.post("/completions")
+@router.post("/completions", responses=error_responses(400, 401, 404, 413, 422, 429))
 async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
     prep = prepare_completion(body, state.engine, state.settings)
