@@ -111,10 +111,11 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     from trainer import algorithms
     from trainer.data import write_jsonl
     from worker.gate import run_gate
-    from worker.training import (judge_reward_models, remove_work, scalars, train_policy_step,
-                                 train_reward_model_step)
+    from worker.training import (judge_reward_models, policy_config, remove_work, scalars,
+                                 train_policy_step, train_reward_model_step)
 
     algo = algorithms.get(settings.algorithm)   # an unknown name fails the run before any work
+    policy_config(settings)                      # so does a bad override (before an RM is trained)
     reg = artifacts.policies(settings)
     removed = reg.cleanup_partial()  # temp folders of publishes that died midway
     served = reg.current()

@@ -35,7 +35,8 @@ def test_training_error_is_recorded_as_failed_and_nothing_is_published(redis_url
         run_pipeline(settings, "run-broken", reason="test")
     last = json.loads(r.lindex(KEYS.pipeline_history, 0))
     assert last["run_id"] == "run-broken" and last["state"] == "failed"
-    assert last["step"] == "policy" and last["error"]   # dpo, the default, trains no RM
+    # dpo, the default, trains against no RM, but the gate's judge RM is trained first
+    assert last["step"] == "reward_model" and last["error"]
     assert ops.pipeline_status(settings)["state"] == "failed"
     assert reg.versions() == ["v0"] and reg.current() == "v0"
     assert not [p for p in reg.root.iterdir() if p.name.startswith(".tmp-")]

@@ -122,6 +122,8 @@ def test_failed_run_keeps_its_feedback_new_and_the_trigger_refires(redis_url, tm
     data = meta["data"]
     # the failed run's snapshot was trained on as *new* feedback (not merely replayed)
     assert data["new_pairs"] == data["pairs"] > 0 and meta["algorithm"] == "dpo"
-    assert meta["reward_model"] is None and meta["metrics"]["gate"]["rm_gain"] is None
+    # dpo trains against no RM; the run's judge RM (gate_train_rm) judged it, never trained it
+    assert meta["reward_model"] is None and meta["judge_reward_model"] == "rm0"
+    assert meta["metrics"]["gate"]["judges"] == ["rm0"] and meta["metrics"]["gate"]["rm_gain"] is not None
     assert "run-recovers" in r.smembers(KEYS.consumed_runs)
     assert int(r.get(KEYS.last_snapshot_total)) == sent
