@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     """Largest max_tokens a request may ask for (400 above)."""
     max_n: int = 8
     """Largest `n` (choices per request)."""
+    # --- sybil resistance (issue 12; README "Trust and quotas"; worker/datasets.py) --------
+    max_key_share: float = 0.25
+    """No single API key (the key that asked for the answers voted on) may contribute more than
+    this fraction of a training set's votes, however many end-user pseudonyms it minted;
+    RLHF_TRUSTED_API_KEYS and answers without a key (open API) are exempt; >= 1 = off."""
+    min_key_cap: int = 10
+    """Each key keeps at least this many votes (small data sets)."""
+    # --- end sybil resistance -----------------------------------------------------------------
     # --- end trust and quotas ---------------------------------------------------------------
 
     # --- storage policy ----------------------------------------------------------------

@@ -4,6 +4,16 @@ Rules (each counted in `stats`, so a run says what it dropped and why):
 - one vote per (rater, target): the latest wins;
 - answers from versions the registry does not know are dropped (stale or forged ids);
 - no rater contributes more than `max_rater_share` of the votes (their most recent are kept);
+- no API key contributes more than `max_key_share` of the votes (issue 12, sybil resistance;
+  `None` = off). A vote's key is the `principal` the server stored on the answers it rates (the
+  pseudonym of the key that asked for them): one key can mint any number of end-user pseudonyms
+  (`user` on its chat requests), so the rater cap alone does not bound it. Votes on answers without
+  a principal (open API, older answers) and on answers of `exempt_keys` (pseudonyms of the trusted
+  back ends, RLHF_TRUSTED_API_KEYS) are not capped. The cap is water-filled: the largest per-key
+  count c such that every capped key's share of the votes *kept* is at most the share (most recent
+  votes kept), floored at `min_key_cap`. Without exempt votes it is at least 1/(number of keys),
+  since K < 1/share keys cannot each stay under it: a single ordinary key is not capped at all.
+  Keys are issued by the operator; many keys of one actor are many actors here (README, "Sybil");
 - comparisons: a/b -> a pair; tie -> no pair (nothing to learn for Bradley-Terry);
   both_bad -> both answers become pointwise "down" examples;
 - thumbs: per answer the majority label; within one prompt every up-answer x down-answer
@@ -52,10 +62,72 @@ def is_heldout(prompt_key: str, fraction: float) -> bool:
     return bucket < fraction * 1000
 
 
+def vote_key(rec: dict) -> str | None:
+    """The API key (pseudonym) a vote is charged to: the principal of the answers it rates."""
+    keys = sorted({a.get("principal") for a in rec["answers"].values() if a and a.get("principal")})
+    return keys[0] if keys else None
+
+
+def key_cap(counts: list[int], exempt: int, share: float, floor: int) -> int | None:
+    """Largest c such that c <= share * (exempt + sum(min(n, c))): no capped key holds more
+    than `share` of what is kept (None: no key needs capping). Without exempt votes, share is
+    raised to 1/len(counts) (fewer keys than 1/share cannot all stay under it)."""
+    if not counts:
+        return None
+    if exempt == 0:
+        share = max(share, 1.0 / len(counts))
+    ok = lambda c: c <= share * (exempt + sum(min(n, c) for n in counts)) + 1e-9  # noqa: E731
+    if ok(max(counts)):
+        return None
+    lo, hi = 0, max(counts)      # ok(lo), not ok(hi); ok holds on an interval [0, c*]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return max(lo, floor)
+
+
+def _cap_keys(votes: list[dict], share: float, exempt: set[str], floor: int, st: Counter) -> list[dict]:
+    per_key: dict[str, list[dict]] = defaultdict(list)
+    n_exempt = 0
+    for rec in votes:
+        k = vote_key(rec)
+        if k is None or k in exempt:
+            n_exempt += 1
+        else:
+            per_key[k].append(rec)
+    for recs in per_key.values():  # the rater cap grouped votes by rater: back to time order
+        recs.sort(key=lambda r: (r["event"]["created"], r["stream_id"]))
+    cap = key_cap([len(v) for v in per_key.values()], n_exempt, share, floor)
+    st["capped_keys_seen"] = len(per_key)
+    if cap is None:
+        return votes
+    st["key_cap"] = cap
+    dropped = set()
+    for recs in per_key.values():
+        if len(recs) > cap:
+            st["dropped_key_cap"] += len(recs) - cap
+            st["keys_capped"] += 1
+            dropped.update(id(r) for r in recs[:-cap])   # keep each key's most recent votes
+    return [r for r in votes if id(r) not in dropped]
+
+
+def key_cap_args(settings) -> dict:
+    """build_training_sets arguments of the per-key cap from the deployment's settings:
+    RLHF_MAX_KEY_SHARE (>= 1 = off) and the pseudonyms of RLHF_TRUSTED_API_KEYS (exempt; the
+    worker needs the same keys and HMAC key as the servers to recognise them)."""
+    from serving.auth import key_pseudonym, trusted_keys  # pure functions (hmac), no server
+    share = settings.max_key_share
+    return {"max_key_share": share if share < 1 else None,
+            "exempt_keys": frozenset(key_pseudonym(k, settings) for k in trusted_keys(settings)),
+            "min_key_cap": settings.min_key_cap}
+
+
 def build_training_sets(records: list[dict], known_versions: set[str],
                         max_rater_share: float = 0.25, heldout_fraction: float = 0.2,
-                        min_rater_cap: int = 10, is_new=None) -> TrainingSets:
-    """`is_new(record) -> bool` marks this run's own feedback (default: none is new)."""
+                        min_rater_cap: int = 10, is_new=None, max_key_share: float | None = None,
+                        exempt_keys=frozenset(), min_key_cap: int = 10) -> TrainingSets:
+    """`is_new(record) -> bool` marks this run's own feedback (default: none is new).
+    `max_key_share`/`exempt_keys`: the per-key cap (module docstring; `key_cap_args(settings)`)."""
     out = TrainingSets()
     st = out.stats
     # 1. latest vote per (rater, target) wins; stream ids order events within Redis
@@ -89,6 +161,8 @@ def build_training_sets(records: list[dict], known_versions: set[str],
         if len(recs) > cap:
             st["dropped_rater_cap"] += len(recs) - cap
         capped += recs[-cap:]
+    if max_key_share is not None:
+        capped = _cap_keys(capped, max_key_share, set(exempt_keys), min_key_cap, st)
     st["votes_used"] = len(capped)
 
     # 4. turn votes into examples
