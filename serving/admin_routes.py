@@ -10,11 +10,12 @@ import hmac
 
 import redis
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from common import ops
 from common.registry import RegistryError, UnknownVersion
 from serving.auth import bearer
+from serving.errors import ErrorBody
 
 
 def _settings(request: Request):
@@ -31,12 +32,30 @@ def require_admin(request: Request, authorization: str | None = Header(default=N
         raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+def _errors(**why: str) -> dict:
+    """OpenAPI `responses`: the {"error": {...}} body under each status (keys like s404)."""
+    return {int(k[1:]): {"model": ErrorBody, "description": d} for k, d in why.items()}
+
+
+# Every admin route can answer these (the token check, Redis, the body cap of the middleware).
+ADMIN_ERRORS = _errors(s401="missing or wrong admin token",
+                       s403="admin routes are disabled: RLHF_ADMIN_TOKEN is not set",
+                       s413="request body over RLHF_MAX_REQUEST_BYTES",
+                       s503="Redis unavailable, or a snapshot is being written (see Retry-After)")
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=ADMIN_ERRORS)
+# OpenAPI links (the stateful phase of schemathesis follows them): list -> deploy -> rollback
+_VERSIONS_LINKS = {200: {"description": "the registry's versions", "links": {"DeployListedVersion": {
+    "operationId": "admin_deploy", "requestBody": {"version": "$response.body#/versions/0/version"},
+    "description": "serve a version from the list"}}}}
+_DEPLOY_LINKS = {200: {"description": "the deploy entry (version, previous, reason, actor, time)",
+                       "links": {"RollBack": {"operationId": "admin_rollback",
+                                              "description": "undo the deploy"}}}}
 
 
 class DeployRequest(BaseModel):
-    version: str
-    force: bool = False
+    version: str = Field(min_length=1, max_length=64, description="a registry version, e.g. v3")
+    force: bool = Field(default=False, description="deploy even if the version failed its gate")
 
 
 def _redis_guard(fn, *args, **kwargs):
@@ -46,7 +65,7 @@ def _redis_guard(fn, *args, **kwargs):
         raise HTTPException(503, f"redis unavailable: {exc}", headers={"Retry-After": "5"})
 
 
-@router.get("/versions")
+@router.get("/versions", responses=_VERSIONS_LINKS)
 def versions(request: Request):
     return {"versions": ops.list_versions(_settings(request))}
 
@@ -61,7 +80,9 @@ def retrain(request: Request):
     return {"run_id": _redis_guard(ops.request_retrain, _settings(request), reason="operator")}
 
 
-@router.post("/deploy")
+@router.post("/deploy", operation_id="admin_deploy", responses=_DEPLOY_LINKS | _errors(
+    s400="body is not valid JSON", s404="unknown version", s409="the version failed its gate (use force), or the served "
+    "version changed meanwhile", s422="malformed body"))
 def deploy(body: DeployRequest, request: Request):
     try:
         return ops.deploy(_settings(request), body.version, force=body.force, actor="admin-api")
@@ -71,7 +92,7 @@ def deploy(body: DeployRequest, request: Request):
         raise HTTPException(409, str(exc))
 
 
-@router.delete("/users/{user}")
+@router.delete("/users/{user}", responses=_errors(s422="malformed user id"))
 def forget_user(user: str, request: Request):
     """Erase one end user's answers and feedback (Redis and snapshot files); `user` is the id
     the product sent as `user` (stored only as its HMAC pseudonym)."""
@@ -82,7 +103,8 @@ def forget_user(user: str, request: Request):
         raise HTTPException(503, "a snapshot is being written; retry", headers={"Retry-After": "5"})
 
 
-@router.post("/rollback")
+@router.post("/rollback", operation_id="admin_rollback",
+             responses=_errors(s409="nothing to roll back to"))
 def rollback(request: Request):
     try:
         return ops.rollback(_settings(request), actor="admin-api")

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 
 from common.settings import Settings
@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None, model: str | None = None,
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "the engine died: this replica "
+                                               "must be restarted (same body, status dead)"}})
     async def health(request: Request):
         state = request.app.state
         engine = state.engine
@@ -101,7 +102,8 @@ def create_app(settings: Settings | None = None, model: str | None = None,
             return JSONResponse(body | {"status": "dead"}, status_code=503)
         return body
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format"}})
     async def prometheus(request: Request):
         data, content_type = request.app.state.metrics.render()
         return Response(data, media_type=content_type)

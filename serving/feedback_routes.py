@@ -40,6 +40,7 @@ RETRY_AFTER_S = "2"
 FEEDBACK_ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503)
 MAX_BATCH = 1000
 TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=feedback_token.MAX_LEN)]
+ResponseId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 TOKEN_FIELD = Field(default=None, min_length=1, max_length=feedback_token.MAX_LEN,
                     description="the answer's feedback_token: rate without an API key")
 
@@ -59,7 +60,9 @@ class ThumbIn(_Strict):
 
 
 class ComparisonIn(_Strict):
-    response_ids: list[str] = Field(min_length=2, max_length=2)
+    response_ids: list[ResponseId] = Field(
+        min_length=2, max_length=2, json_schema_extra={"uniqueItems": True},
+        description="two different answers to the same prompt (422 otherwise)")
     choice: Literal["a", "b", "tie", "both_bad"]
     feedback_token: TokenStr | Annotated[list[TokenStr], Field(min_length=1, max_length=2)] \
         | None = Field(default=None, description="the answers' feedback_token (one per answer "
@@ -74,10 +77,25 @@ class ThumbBatchIn(_Strict):
     items: list[ThumbIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+def _inline_refs(node, defs: dict):
+    """The schema with its `$defs` references replaced by their definitions: embedded in
+    the OpenAPI document, `#/$defs/...` would point at the document root (unresolvable)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs) | {
+                k: v for k, v in node.items() if k != "$ref"}
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
 def _body_doc(model: type[BaseModel]) -> dict:
     """Keep the request schema in /docs although the body is parsed by hand."""
+    schema = model.model_json_schema()
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
+        "application/json": {"schema": _inline_refs(schema, schema.get("$defs", {}))}}}}
 
 
 def _has_token(raw: bytes) -> bool:
