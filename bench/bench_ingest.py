@@ -6,6 +6,12 @@ Starts a private redis-server (AOF on, appendfsync everysec) and a real ``rlhf s
 tiny model, creates answers, then drives POST /v1/feedback (one event per request) and
 POST /v1/feedback/batch (``--batch`` events per request) with a raw keep-alive HTTP client in
 a separate process. Writes bench/results/ingest.json.
+
+Trust settings (issue 12): the bench posts votes with a `user` field, as a product's back end
+would, so its key is a trusted back-end key (RLHF_TRUSTED_API_KEYS; others get 403 for `user`),
+and the per-key feedback quota is off (RLHF_RATE_LIMIT_FEEDBACK_KEY="": one key sends far more
+than 6000 events/minute here). The per-rater quota stays on (10,000 raters, far below it), so
+its Redis check is part of what is measured.
 """
 from __future__ import annotations
 
@@ -79,10 +85,13 @@ def main() -> int:
                "redis": "private redis-server, appendonly yes, appendfsync everysec",
                "server": "one `rlhf serve` process (uvicorn, uvloop, httptools)",
                "client": "raw HTTP/1.1 keep-alive, asyncio+uvloop, separate process",
+               "trust": "one trusted back-end key naming the rater with `user`; per-key "
+                        "feedback quota off, per-rater quota on",
                "runs": []}
     with private_redis() as redis_url:
         env = dict(os.environ, RLHF_REDIS_URL=redis_url, RLHF_DATA_DIR=str(tmp / "data"),
-                   RLHF_API_KEYS=API_KEY, RLHF_MAX_MODEL_LEN="256",
+                   RLHF_API_KEYS=API_KEY, RLHF_TRUSTED_API_KEYS=API_KEY,
+                   RLHF_RATE_LIMIT_FEEDBACK_KEY="", RLHF_MAX_MODEL_LEN="256",
                    RLHF_TEST_LOG_LEVEL="warning")
         with running_server(env, model_dir=model, log_dir=tmp) as srv:
             ids: list[str] = []
