@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     # --- end sybil resistance -----------------------------------------------------------------
     # --- end trust and quotas ---------------------------------------------------------------
 
+    # --- browser UI (issue 14: /ui chat page, /ui/admin console, /ui/feedback.js widget) ----
+    ui_enabled: bool = True
+    """Serve the chat page, the operator console and the embeddable widget under /ui."""
+    ui_cors_origins: str = ""
+    """Comma-separated origins (e.g. "https://shop.example") whose pages may embed the widget
+    and post votes cross-origin: CORS on /v1/feedback, /v1/comparisons, /ui/feedback.js and
+    /ui/api/vote-state only (never /admin, never generation). Empty = off (same origin only);
+    "*" = any origin (votes still need the answer's feedback_token)."""
+    # --- end browser UI -----------------------------------------------------------------------
+
     # --- storage policy ----------------------------------------------------------------
     retention_days: int = 30
     """How long stored answers (and their vote records) live in Redis."""

@@ -13,6 +13,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "[setup] could not install redis-server; install it and re-run" >&2; exit 1; }
 fi
 
+# Browser tests (tests/ui) drive Debian's Chromium through Playwright (its own browser download
+# needs the internet); the emoji font makes 👍/👎 render in the headless browser.
+if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "color emoji"; then
+  echo "[setup] installing chromium, chromium-driver, fonts-noto-color-emoji (browser tests)"
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji >/dev/null) || {
+    echo "[setup] could not install chromium; install it and re-run" >&2; exit 1; }
+fi
+
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
   exit 0
 fi

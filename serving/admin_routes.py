@@ -110,3 +110,79 @@ def rollback(request: Request):
         return ops.rollback(_settings(request), actor="admin-api")
     except RegistryError as exc:
         raise HTTPException(409, str(exc))
+
+
+# --- issue 14: operator console support (stats by version, deploy history, export) -----------
+
+@router.get("/feedback-stats")
+def feedback_stats(request: Request):
+    """Per model version, from the live vote records in Redis: thumbs-up rate, pairwise
+    win-rate against other versions (common/export.py: version_stats)."""
+    from common import export
+    return _redis_guard(export.version_stats, ops.client(_settings(request)))
+
+
+@router.get("/deploys")
+def deploy_history(request: Request, limit: int = 20):
+    """The newest deploy/rollback decisions (who, why, from which version), newest first."""
+    history = ops.registry(_settings(request)).deploy_history()
+    return {"deploys": list(reversed(history))[:max(1, min(limit, 500))]}
+
+
+class ConsoleDeployRequest(BaseModel):
+    version: str
+    reason: str = Field(default="", max_length=300)
+    operator: str = Field(default="", max_length=64)
+    force: bool = False
+
+
+class ConsoleRollbackRequest(BaseModel):
+    operator: str = Field(default="", max_length=64)
+
+
+def _actor(operator: str) -> str:
+    name = "".join(ch for ch in operator.strip() if ch.isprintable())[:64]
+    return f"console:{name}" if name else "console"
+
+
+@router.post("/console/deploy")
+def console_deploy(body: ConsoleDeployRequest, request: Request):
+    """Deploy from the console: like POST /admin/deploy, recording who and why."""
+    reason = "".join(ch for ch in body.reason.strip() if ch.isprintable()) or "deploy"
+    if reason == "rollback":  # that word steers rollback_target(); keep it for real rollbacks
+        reason = "deploy (rollback)"
+    try:
+        return ops.deploy(_settings(request), body.version, reason=reason,
+                          actor=_actor(body.operator), force=body.force)
+    except UnknownVersion as exc:
+        raise HTTPException(404, str(exc))
+    except RegistryError as exc:
+        raise HTTPException(409, str(exc))
+
+
+@router.post("/console/rollback")
+def console_rollback(body: ConsoleRollbackRequest, request: Request):
+    try:
+        return ops.rollback(_settings(request), actor=_actor(body.operator))
+    except RegistryError as exc:
+        raise HTTPException(409, str(exc))
+
+
+@router.get("/export")
+def export_preferences(request: Request, format: str = "openai-dpo", since: str | None = None,
+                       version: str | None = None):
+    """Preference data as JSONL: `openai-dpo` (OpenAI preference fine-tuning), `trl`
+    (prompt/chosen/rejected) or `jsonl` (every vote); rater pseudonyms only."""
+    from fastapi.responses import StreamingResponse
+
+    from common import export
+    settings = _settings(request)
+    try:
+        lines = _redis_guard(lambda: list(export.export_lines(
+            settings, format, since, version, ops.client(settings))))
+    except export.ExportError as exc:
+        raise HTTPException(422, str(exc))
+    tag = "".join(ch for ch in (version or "") if ch.isalnum() or ch in "._-")[:40]
+    name = f"preferences-{format}{'-' + tag if tag else ''}.jsonl"
+    return StreamingResponse(iter(lines), media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})

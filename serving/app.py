@@ -88,6 +88,8 @@ def create_app(settings: Settings | None = None, model: str | None = None,
     app.include_router(openai_routes.router)
     app.include_router(feedback_routes.router)
     app.include_router(admin_routes.router)
+    from serving import ui_routes  # /ui: chat page, console, feedback widget (issue 14)
+    ui_routes.install(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
 
