@@ -7,6 +7,7 @@ The actions are the same functions the `rlhf` CLI calls (common/ops.py).
 from __future__ import annotations
 
 import hmac
+from typing import Literal
 
 import redis
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -122,7 +123,7 @@ def feedback_stats(request: Request):
     return _redis_guard(export.version_stats, ops.client(_settings(request)))
 
 
-@router.get("/deploys")
+@router.get("/deploys", responses=_errors(s422="limit is not an integer"))
 def deploy_history(request: Request, limit: int = 20):
     """The newest deploy/rollback decisions (who, why, from which version), newest first."""
     history = ops.registry(_settings(request)).deploy_history()
@@ -145,7 +146,9 @@ def _actor(operator: str) -> str:
     return f"console:{name}" if name else "console"
 
 
-@router.post("/console/deploy")
+@router.post("/console/deploy", responses=_errors(
+    s400="body is not valid JSON", s404="unknown version", s409="the version failed its gate "
+    "(use force), or the served version changed meanwhile", s422="malformed body"))
 def console_deploy(body: ConsoleDeployRequest, request: Request):
     """Deploy from the console: like POST /admin/deploy, recording who and why."""
     reason = "".join(ch for ch in body.reason.strip() if ch.isprintable()) or "deploy"
@@ -160,7 +163,8 @@ def console_deploy(body: ConsoleDeployRequest, request: Request):
         raise HTTPException(409, str(exc))
 
 
-@router.post("/console/rollback")
+@router.post("/console/rollback", responses=_errors(
+    s400="body is not valid JSON", s409="nothing to roll back to", s422="malformed body"))
 def console_rollback(body: ConsoleRollbackRequest, request: Request):
     try:
         return ops.rollback(_settings(request), actor=_actor(body.operator))
@@ -168,8 +172,11 @@ def console_rollback(body: ConsoleRollbackRequest, request: Request):
         raise HTTPException(409, str(exc))
 
 
-@router.get("/export")
-def export_preferences(request: Request, format: str = "openai-dpo", since: str | None = None,
+@router.get("/export", responses={200: {
+    "description": "one JSON object per line", "content": {"application/x-ndjson": {
+        "schema": {"type": "string"}}}}} | _errors(s422="unknown format, or an unreadable since"))
+def export_preferences(request: Request, format: Literal["openai-dpo", "trl", "jsonl"] = "openai-dpo",
+                       since: str | None = None,
                        version: str | None = None):
     """Preference data as JSONL: `openai-dpo` (OpenAI preference fine-tuning), `trl`
     (prompt/chosen/rejected) or `jsonl` (every vote); rater pseudonyms only."""
