@@ -166,8 +166,8 @@
     [["up", "#0b5cad", 1], ["win", "#b35900", 1], ["kl", "#5a5a5a", maxKl]].forEach(function (s) {
       var d = "", key = s[0];
       pts.forEach(function (p, i) {
-        if (typeof p[key] !== "number") return;
-        var yy = y(Math.min(1, p[key] / s[2]));
+        if (typeof p[key] !== "number" || (key === "kl" && maxKl <= 1e-6)) return;
+        var yy = y(Math.max(0, Math.min(1, p[key] / s[2])));
         d += (d ? " L" : "M") + x(i) + " " + yy;
         add("circle", {cx: x(i), cy: yy, r: 4, fill: s[1]});
       });
