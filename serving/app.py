@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 
 from common.settings import Settings
-from serving import admin_routes, feedback_routes, openai_routes
+from serving import admin_routes, feedback_routes, openai_routes, vllm_api
 from serving.answer_store import AnswerStore
 from serving.errors import install_error_handlers
 from serving.feedback_store import FeedbackStore
@@ -29,6 +29,11 @@ from serving.metrics import Metrics, MetricsMiddleware
 from serving.quotas import BodyLimitMiddleware, Quotas
 
 log = logging.getLogger("rlhf.app")
+
+
+def engine_metrics() -> bytes:
+    from prometheus_client import REGISTRY, generate_latest
+    return generate_latest(REGISTRY)
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -48,6 +53,8 @@ def create_app(settings: Settings | None = None, model: str | None = None,
 
         version, path = resolve_startup(settings, model)
         engine = await Engine.start(settings, version, path)
+        # vLLM's own OpenAI handlers on our engine (serving/vllm_api.py says why not its app)
+        app.state.vllm = await vllm_api.build_state(engine, settings)
         redis = redis_client(settings.redis_url)
         answers = AnswerStore(redis, settings.retention_days, metrics)
         feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days)
@@ -83,9 +90,11 @@ def create_app(settings: Settings | None = None, model: str | None = None,
     app = FastAPI(title="rlhf-live serving", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics
     app.state.started_at = time.time()
+    app.state.vllm = None  # vLLM's serving handlers, built at start-up (None: stub engine)
     app.state.quotas = Quotas(settings)  # rate limits (Redis via `limits`); connects lazily
     install_error_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(openai_routes.root_router)  # /tokenize, /detokenize (as vllm serve)
     app.include_router(feedback_routes.router)
     app.include_router(admin_routes.router)
     from serving import ui_routes  # /ui: chat page, console, feedback widget (issue 14)
@@ -107,7 +116,8 @@ def create_app(settings: Settings | None = None, model: str | None = None,
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text format"}})
     async def prometheus(request: Request):
+        # ours, then vLLM's engine metrics (vllm:*, in prometheus_client's global registry)
         data, content_type = request.app.state.metrics.render()
-        return Response(data, media_type=content_type)
+        return Response(data + engine_metrics(), media_type=content_type)
 
     return app

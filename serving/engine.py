@@ -1,9 +1,17 @@
 """Thin wrapper over vLLM's V1 ``AsyncLLM``: start-up with CPU-safe defaults, generation,
 and verified hot-swap of weights.
 
-Why a wrapper: the routes need to know *which version* produced an answer, and the swap needs
-a lock plus a verification step that vLLM does not do (its reload can return stale weights,
-vLLM issue #32718; see NOTES.md).
+Why a wrapper: the swap needs a lock, a bounded drain and a verification step that vLLM does
+not do (its reload can return stale weights, vLLM issue #32718; see NOTES.md).
+
+Which version produced an answer is the engine's to say: each swap sets the engine's weight
+version (``update_weight_version``) while generation is paused, and vLLM stamps every sampled
+token with it (``CompletionOutput.weight_versions``, read by serving/vllm_api.py). So nothing
+here holds a request for the time a client takes to read it: a swap waits (at most
+``RLHF_SWAP_DRAIN_SECONDS``) for the *engine* to finish in-flight generations, new requests
+queue inside vLLM's paused scheduler (they wait, they do not fail), and a generation still
+running at the bound is frozen, continues on the new weights after the swap and is labelled
+with both versions.
 """
 from __future__ import annotations
 
@@ -40,45 +48,6 @@ class SwapReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _ServingGate:
-    """Readers = requests being generated, writer = a swap. Why not rely on vLLM's pause
-    alone: a request that read the version just before the pause but reached the engine just
-    after it would run on the new weights under the old version id. With the gate, a swap waits
-    for running requests, new ones wait for the swap (they queue, they do not fail), and the
-    version a request reads is the one that serves it. Writer preference: a busy server cannot
-    starve a swap."""
-
-    def __init__(self) -> None:
-        self._cond = asyncio.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @asynccontextmanager
-    async def read(self):
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._writer)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @asynccontextmanager
-    async def write(self):
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._writer)
-            self._writer = True
-            await self._cond.wait_for(lambda: self._readers == 0)
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 def build_engine_args(settings: Settings, model_path: str):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -92,7 +61,8 @@ def build_engine_args(settings: Settings, model_path: str):
         max_num_seqs=settings.max_num_seqs,
         # Prefix caching is cleared on every swap anyway; keep it on for throughput.
         enable_prefix_caching=True,
-        disable_log_stats=True,
+        # stats on: vLLM's Prometheus engine metrics (vllm:*) are served on /metrics
+        disable_log_stats=False,
     )
 
 
@@ -107,7 +77,6 @@ class Engine:
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = settings.max_model_len
         self._swap_lock = asyncio.Lock()
-        self._gate = _ServingGate()
         self.swapping = False
         self.last_probe = ""
         self.last_swap: SwapReport | None = None
@@ -124,6 +93,7 @@ class Engine:
         llm = AsyncLLM.from_engine_args(build_engine_args(settings, path))
         engine = cls(settings, llm, version, path)
         engine.max_model_len = llm.model_config.max_model_len
+        await llm.update_weight_version(version)  # the label vLLM puts on every token
         engine.last_probe = await engine.probe()
         engine._known_probes[version] = engine.last_probe
         try:
@@ -148,17 +118,10 @@ class Engine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
 
-    @asynccontextmanager
-    async def serving(self):
-        """``async with engine.serving() as version:`` generate inside; ``version`` is the
-        exact model version that produces the output (no swap can start meanwhile)."""
-        async with self._gate.read():
-            yield self.version
-
     async def generate(self, prompt_ids: list[int], params, request_id: str | None = None
                        ) -> AsyncIterator[Any]:
-        """Yield vLLM ``RequestOutput`` objects. During a swap the engine is paused, so the
-        request waits in vLLM's queue instead of failing."""
+        """Yield vLLM ``RequestOutput`` objects (the probe; client requests go through vLLM's
+        handlers). During a swap the request waits in vLLM's queue instead of failing."""
         request_id = request_id or uuid.uuid4().hex
         async for out in self.llm.generate({"prompt_token_ids": prompt_ids}, params, request_id):
             yield out
@@ -200,9 +163,9 @@ class Engine:
                             t.view(-1).view(torch.uint8).numpy()).hexdigest()
         return found
 
-    async def _verify(self, version: str, path: str, probe: str) -> tuple[int, str]:
-        """Check the live weights are the new file's; raise SwapError if not.
-        Returns (tensors compared with the file, detail)."""
+    async def _verify_weights(self, version: str, path: str) -> tuple[int, str]:
+        """Check the live weights are the new file's (and, for a version served before, the
+        same bytes as then); raise SwapError if not. Returns (tensors compared, detail)."""
         live = await self._live_digests()
         expected = await asyncio.to_thread(self._file_digests, path, self._comparable)
         bad = [n for n, d in expected.items() if live.get(n) != d]
@@ -216,63 +179,116 @@ class Engine:
         known = self._known_digests.get(version)
         if known is not None and known != live:
             raise SwapError(f"weights of {version} differ from when it was served before")
-        known_probe = self._known_probes.get(version)
-        if known_probe is not None and known_probe != probe:
-            raise SwapError(f"probe output of {version} changed: {probe!r} != {known_probe!r}")
         self._known_digests[version] = live
-        self._known_probes[version] = probe
         detail = "file checksums + probe" if expected else "probe only"
         return len(expected), detail
 
-    async def _reload(self, path: str) -> None:
-        await self.llm.pause_generation(mode="wait", clear_cache=True)
-        try:
-            await self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
-            await self.llm.reset_prefix_cache()
-        finally:
-            await self.llm.resume_generation()
+    def _verify_probe(self, version: str, probe: str) -> None:
+        known_probe = self._known_probes.get(version)
+        if known_probe is not None and known_probe != probe:
+            raise SwapError(f"probe output of {version} changed: {probe!r} != {known_probe!r}")
+        self._known_probes[version] = probe
+
+    async def _pause(self) -> bool:
+        """Pause generation: wait for the engine to finish in-flight requests, at most
+        ``swap_drain_seconds``; then freeze what is left. Returns True if requests were left
+        running (they continue on the new weights after resume)."""
+        drain = asyncio.ensure_future(
+            self.llm.pause_generation(mode="wait", clear_cache=False))
+        done, _ = await asyncio.wait({drain}, timeout=max(0.0, self.settings.swap_drain_seconds))
+        if drain in done:
+            drain.result()
+            return False
+        log.warning("swap: in-flight generations still running after %.1fs; keeping them "
+                    "(they finish on the new weights, labelled with both versions)",
+                    self.settings.swap_drain_seconds)
+        await self.llm.pause_generation(mode="keep", clear_cache=False)
+        try:  # the engine is idle now (everything frozen): the wait-mode pause completes too
+            await asyncio.wait_for(drain, timeout=5.0)
+        except Exception:  # noqa: BLE001  its outcome no longer matters
+            drain.cancel()
+        return True
+
+    async def _reload(self, version: str, path: str, kept: bool) -> None:
+        """Load ``path`` into the paused engine and label what it samples from now on."""
+        await self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+        await self.llm.update_weight_version(version)
+        # kept requests hold KV computed by the old weights: recompute it with the new ones
+        await self.llm.reset_prefix_cache(reset_running_requests=kept)
+        await self.llm.reset_mm_cache()
 
     async def swap(self, version: str, path: str) -> SwapReport:
         """Hot-swap to ``version`` at ``path``; on any failure go back to the old weights and
-        raise ``SwapError``. Serialized: concurrent calls run one after the other."""
+        raise ``SwapError``. Serialized: concurrent calls run one after the other.
+
+        Order: cheap checks (files, architecture) before anything pauses; pause (bounded
+        drain, see ``_pause``); reload + weight label; checksum verification while still
+        paused (a stale reload never serves a request); resume; greedy probe (a version
+        served before must give its recorded probe, else swap back)."""
         async with self._swap_lock:
-            if version == self.version and str(path) == self.path:
-                return SwapReport(version, str(path), True, 0.0, probe=self.last_probe)
+            path = str(path)
+            if version == self.version and path == self.path:
+                return SwapReport(version, path, True, 0.0, probe=self.last_probe)
             t0 = time.perf_counter()
             old_version, old_path = self.version, self.path
+            try:
+                _check_same_architecture(old_path, path)  # no pause for a folder we refuse
+            except SwapError as exc:
+                self.last_swap = SwapReport(version, path, False, time.perf_counter() - t0,
+                                            error=str(exc))
+                raise
             self.swapping = True
             try:
-                async with self._gate.write():
-                    return await self._swap_locked(version, str(path), old_version, old_path, t0)
+                return await self._swap_paused(version, path, old_version, old_path, t0)
             finally:
                 self.swapping = False
 
-    async def _swap_locked(self, version: str, path: str, old_version: str, old_path: str,
+    async def _swap_paused(self, version: str, path: str, old_version: str, old_path: str,
                            t0: float) -> SwapReport:
+        paused = False
+        extra: dict[str, Any] = {}
         try:
-            _check_same_architecture(old_path, str(path))
-            await self._reload(str(path))
+            kept = await self._pause()
+            paused = True
+            extra["drained_s"] = round(time.perf_counter() - t0, 4)
+            extra["kept_requests"] = kept
+            await self._reload(version, path, kept)
+            checked, detail = await self._verify_weights(version, path)
+            await self.llm.resume_generation()
+            paused = False
+            self.version, self.path = version, path
             probe = await self.probe()
-            checked, detail = await self._verify(version, str(path), probe)
-            self.version, self.path, self.last_probe = version, str(path), probe
-            report = SwapReport(version, str(path), True, time.perf_counter() - t0,
-                                probe=probe, checked_tensors=checked,
-                                extra={"verify": detail})
+            self._verify_probe(version, probe)
+            self.last_probe = probe
+            report = SwapReport(version, path, True, time.perf_counter() - t0, probe=probe,
+                                checked_tensors=checked, extra=extra | {"verify": detail})
             self.last_swap = report
-            log.info("swapped %s -> %s in %.3fs (%d tensors checked)", old_version,
-                     version, report.seconds, checked)
+            log.info("swapped %s -> %s in %.3fs (%d tensors checked, drain %.3fs%s)",
+                     old_version, version, report.seconds, checked, extra["drained_s"],
+                     ", long generations kept" if kept else "")
             return report
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.error("swap to %s failed: %s; restoring %s", version, error, old_version)
             try:
-                await self._reload(old_path)
+                if not paused:
+                    await self._pause()
+                    paused = True
+                await self._reload(old_version, old_path, True)
+                await self.llm.resume_generation()
+                paused = False
+                self.version, self.path = old_version, old_path
                 self.last_probe = await self.probe()
             except Exception as exc2:  # engine state unknown: say so loudly
                 error += f"; restoring {old_version} also failed: {exc2}"
-            self.last_swap = SwapReport(version, str(path), False,
-                                        time.perf_counter() - t0, error=error)
+                if paused:
+                    try:
+                        await self.llm.resume_generation()
+                    except Exception:  # noqa: BLE001
+                        pass
+            self.last_swap = SwapReport(version, path, False, time.perf_counter() - t0,
+                                        error=error)
             raise SwapError(error) from exc
 
 

@@ -67,7 +67,9 @@ class HotSwapper:
                 "probe": e.last_probe, "updated": time.time(),
                 "last_swap": None if last is None else {
                     "version": last.version, "ok": last.ok, "seconds": round(last.seconds, 4),
-                    "checked_tensors": last.checked_tensors, "error": last.error}}
+                    "checked_tensors": last.checked_tensors, "error": last.error,
+                    "drained_s": last.extra.get("drained_s"),
+                    "kept_requests": last.extra.get("kept_requests")}}
 
     async def run(self) -> None:
         await asyncio.gather(self._listen(), self._converge_loop(), self._heartbeat())

@@ -1,4 +1,10 @@
-"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models.
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/responses,
+/v1/models, /tokenize, /detokenize.
+
+With a real engine the requests are served by vLLM's own protocol models and handlers
+(serving/vllm_api.py explains why and how). The hand-written path below (``_legacy_*``) is
+only used when the app has no vLLM serving state, i.e. with a stub engine (the trust tests
+drive the real app in-process that way, without starting vLLM).
 
 Extra fields (ignored by the official client, documented in docs/serving.md):
 - every choice (and stream chunk choice) has ``response_id``, the id to rate in /v1/feedback,
@@ -16,11 +22,13 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
-from serving import feedback_token
+from serving import feedback_token, vllm_api
 from serving.auth import require_api_key
-from serving.errors import error_responses
+from serving.errors import ApiError, error_responses
 from serving.generation import (Prepared, prepare_chat, prepare_completion, sampling_params,
                                 stored_answer, usage)
 from serving.openai_schemas import ChatRequest, CompletionRequest
@@ -143,8 +151,55 @@ def _stream(request: Request, prep: Prepared, chat: bool, include_usage: bool, t
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/chat/completions", responses=error_responses(400, 401, 404, 413, 422, 429))
-async def chat_completions(body: ChatRequest, request: Request):
+async def _json_body(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(422, "request body is not valid JSON", code="invalid_body") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "request body must be a JSON object", code="invalid_body")
+    return body
+
+
+def _legacy_parse(model, body: dict):
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError([e | {"loc": ("body", *e["loc"])}
+                                      for e in exc.errors()]) from None
+
+
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "description": "the request body of `vllm serve` "
+               "(same vLLM version): any field its protocol model knows"}}}}}
+_ERRORS = error_responses(400, 401, 404, 413, 422, 429)
+
+
+@router.post("/chat/completions", responses=_ERRORS, openapi_extra=_BODY)
+async def chat_completions(request: Request):
+    body = await _json_body(request)
+    if getattr(request.app.state, "vllm", None) is not None:
+        return await vllm_api.chat(request, body)
+    return await _legacy_chat(_legacy_parse(ChatRequest, body), request)
+
+
+@router.post("/completions", responses=_ERRORS, openapi_extra=_BODY)
+async def completions(request: Request):
+    body = await _json_body(request)
+    if getattr(request.app.state, "vllm", None) is not None:
+        return await vllm_api.completion(request, body)
+    return await _legacy_completions(_legacy_parse(CompletionRequest, body), request)
+
+
+@router.post("/responses", responses=_ERRORS, openapi_extra=_BODY)
+async def responses(request: Request):
+    body = await _json_body(request)
+    if getattr(request.app.state, "vllm", None) is None:
+        raise ApiError(501, "the Responses API needs the vLLM engine", code="not_implemented")
+    return await vllm_api.responses(request, body)
+
+
+async def _legacy_chat(body: ChatRequest, request: Request):
     state = request.app.state
     prep = prepare_chat(body, state.engine, state.settings)
     token = await _admit(request, prep)
@@ -160,8 +215,7 @@ async def chat_completions(body: ChatRequest, request: Request):
                                                                     "usage": use}
 
 
-@router.post("/completions", responses=error_responses(400, 401, 404, 413, 422, 429))
-async def completions(body: CompletionRequest, request: Request):
+async def _legacy_completions(body: CompletionRequest, request: Request):
     state = request.app.state
     prep = prepare_completion(body, state.engine, state.settings)
     token = await _admit(request, prep)
@@ -185,3 +239,21 @@ async def models(request: Request):
         "created": int(state.started_at), "owned_by": "rlhf-live",
         "root": version, "version": version,
         "max_model_len": state.engine.max_model_len}]}
+
+
+# vLLM serves these at the root, not under /v1; same here (API key required).
+root_router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
+
+
+@root_router.post("/tokenize", responses=_ERRORS, openapi_extra=_BODY)
+async def tokenize(request: Request):
+    if getattr(request.app.state, "vllm", None) is None:
+        raise ApiError(501, "tokenize needs the vLLM engine", code="not_implemented")
+    return await vllm_api.tokenize(request, await _json_body(request))
+
+
+@root_router.post("/detokenize", responses=_ERRORS, openapi_extra=_BODY)
+async def detokenize(request: Request):
+    if getattr(request.app.state, "vllm", None) is None:
+        raise ApiError(501, "detokenize needs the vLLM engine", code="not_implemented")
+    return await vllm_api.tokenize(request, await _json_body(request), detokenize=True)

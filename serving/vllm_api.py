@@ -1,0 +1,645 @@
+"""The OpenAI API of ``vllm serve``, served by vLLM's own protocol models and serving handlers
+inside *our* FastAPI app, with our layer around them.
+
+Why our app with vLLM's handlers, not vLLM's app (``build_app``) extended with our routes:
+vLLM's app brings its own middlewares, exception handlers, auth (``--api-key``) and dozens of
+routes (dev, sagemaker, anthropic, pooling, ...) that would bypass our API keys, quotas, caps,
+body limit and metrics. Its handlers (``OpenAIServingChat``, ``OpenAIServingCompletion``,
+``OpenAIServingResponses``, ``ServingTokenization``) are plain objects built by vLLM's own
+``init_app_state`` from vLLM's own CLI parser, so every request field, default and error of
+``vllm serve`` of the installed version is the same here. Our routes call them and add:
+
+- a 400 naming any request field vLLM's protocol model does not know (``vllm serve`` would
+  log and ignore it: a silent 200);
+- our caps (RLHF_MAX_*), default max_tokens, quotas charged after vLLM renders the prompt
+  (exact prompt tokens + n x max_tokens), via a hook on vLLM's ``OnlineRenderer``;
+- ``response_id``, ``feedback_token`` and ``model_version`` on every choice/response, and the
+  answer stored before the stream's ``[DONE]`` (Responses API: before ``response.completed``).
+
+The version label comes from the engine, not from our bookkeeping: the engine stamps every
+sampled token with its weight version (``update_weight_version`` during the swap's pause,
+``CompletionOutput.weight_versions``), and ``EngineClientProxy`` records each engine request's
+outputs as vLLM's handlers pull them. An answer whose tokens come from two versions (a long
+generation kept across a bounded swap, see ``Engine.swap``) is labelled ``"v1+v2"``; the
+training side drops such answers (their version is not a registry version).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from serving import feedback_token
+from serving.answer_store import ServedAnswer
+from serving.errors import ApiError, describe_validation
+
+log = logging.getLogger("rlhf.vllm_api")
+
+# request fields handled by our layer rather than passed to vLLM
+_OURS = {"user"}
+
+
+class LabelledAnswer(ServedAnswer):
+    """A stored answer plus the engine's weight-version spans of its tokens."""
+
+    weight_versions: list[tuple[str, int, int]] | None = None
+    """(version, first token, end token) spans as the engine reported them."""
+
+
+# ---- per-request context (set by our route, read by the proxy and the renderer hook) -----
+@dataclass
+class Call:
+    """One engine request (one prompt; n choices)."""
+
+    params: Any
+    delta: bool
+    admitted_version: str
+    prompt_ids: list[int] | None = None
+    texts: dict[int, str] = field(default_factory=dict)
+    tokens: dict[int, int] = field(default_factory=dict)
+    finish: dict[int, str | None] = field(default_factory=dict)
+    spans: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
+
+    def record(self, out) -> None:
+        if self.prompt_ids is None and getattr(out, "prompt_token_ids", None) is not None:
+            self.prompt_ids = list(out.prompt_token_ids)
+        for o in out.outputs:
+            i = o.index
+            if self.delta:
+                self.texts[i] = self.texts.get(i, "") + o.text
+                self.tokens[i] = self.tokens.get(i, 0) + len(o.token_ids)
+            else:
+                self.texts[i], self.tokens[i] = o.text, len(o.token_ids)
+            if o.finish_reason:
+                self.finish[i] = o.finish_reason
+            if o.weight_versions:
+                self.spans[i] = [(s.version, s.start, s.end) for s in o.weight_versions]
+
+    def label(self, i: int) -> str:
+        spans = self.spans.get(i)
+        if not spans:  # no token sampled (or no label reported): the version it was given to
+            return self.admitted_version
+        versions: list[str] = []
+        for v, _, _ in spans:
+            if v not in versions:
+                versions.append(v)
+        return "+".join(versions)
+
+
+@dataclass
+class RequestCtx:
+    state: Any
+    principal: str | None
+    user: str | None
+    client_host: str
+    calls: list[Call] = field(default_factory=list)
+    error: ApiError | None = None
+    charged: bool = False
+
+
+CTX: ContextVar[RequestCtx | None] = ContextVar("rlhf_request_ctx", default=None)
+
+
+class EngineClientProxy:
+    """vLLM's ``EngineClient`` (our AsyncLLM) as the handlers see it; ``generate`` records
+    each engine request's outputs into the calling request's context. Everything else is the
+    AsyncLLM's own attribute."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine.llm, name)
+
+    def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+        ctx = CTX.get()
+        call = None
+        if ctx is not None:
+            from vllm.sampling_params import RequestOutputKind
+            call = Call(sampling_params,
+                        getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA,
+                        self._engine.version)
+            ctx.calls.append(call)
+        return self._generate(call, prompt, sampling_params, request_id, args, kwargs)
+
+    async def _generate(self, call, prompt, sampling_params, request_id, args, kwargs):
+        async for out in self._engine.llm.generate(prompt, sampling_params, request_id,
+                                                   *args, **kwargs):
+            if call is not None:
+                call.record(out)
+            yield out
+
+
+# ---- building vLLM's serving state --------------------------------------------------------
+def serve_args(settings, model_path: str):
+    """`vllm serve` arguments from vLLM's own parser (its defaults, its validation)."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    argv = ["--model", model_path, "--served-model-name", settings.served_model_name]
+    if settings.tool_call_parser:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
+    argv += shlex.split(settings.vllm_serve_args)
+    try:
+        return make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+    except SystemExit:  # argparse printed why; do not let it end the server silently
+        raise ValueError(f"vLLM refused the serve arguments {argv[4:]} (RLHF_TOOL_CALL_PARSER "
+                         "/ RLHF_VLLM_SERVE_ARGS); see the message above") from None
+
+
+async def build_state(engine, settings):
+    """vLLM's handlers (chat, completions, responses, tokenization) on our engine."""
+    from starlette.datastructures import State
+
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+    client = EngineClientProxy(engine)
+    state = State()
+    args = serve_args(settings, engine.path)
+    tasks = await engine.llm.get_supported_tasks()
+    await init_app_state(client, state, args, tasks)
+    _hook_renderer(state.online_renderer, engine)
+    return state
+
+
+def _hook_renderer(renderer, engine) -> None:
+    """Charge quotas right after vLLM renders a prompt (exact token counts), before any
+    engine request is made. Errors are kept in the context: the route raises them."""
+    for name in ("render_chat", "render_completion", "render_responses"):
+        orig = getattr(renderer, name, None)
+        if orig is None:
+            continue
+
+        async def hooked(request, *a, _orig=orig, **kw):
+            result = await _orig(request, *a, **kw)
+            ctx = CTX.get()
+            if ctx is not None and not ctx.charged and not _is_error(result):
+                ctx.charged = True
+                try:
+                    await _charge(ctx, request, _prompt_lengths(result), engine.max_model_len)
+                except ApiError as exc:
+                    ctx.error = exc
+                    raise
+            return result
+
+        setattr(renderer, name, hooked)
+
+
+def _is_error(obj) -> bool:
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    return isinstance(obj, ErrorResponse)
+
+
+def _prompt_lengths(result) -> list[int]:
+    if isinstance(result, tuple):  # chat: (conversation, engine_inputs)
+        inputs = result[-1]
+    elif isinstance(result, list):
+        inputs = result
+    else:
+        inputs = getattr(result, "engine_inputs", None) or []
+        if not isinstance(inputs, list):
+            inputs = [inputs]
+    out = []
+    for ei in inputs:
+        ids = ei.get("prompt_token_ids") if isinstance(ei, dict) else None
+        out.append(len(ids) if ids is not None else 0)
+    return out or [0]
+
+
+async def _charge(ctx: RequestCtx, request, prompt_lens: list[int], max_model_len: int):
+    quotas = ctx.state.quotas
+    if quotas is None:
+        return
+    n = getattr(request, "n", None) or 1
+    asked = (getattr(request, "max_completion_tokens", None)
+             or getattr(request, "max_tokens", None)
+             or getattr(request, "max_output_tokens", None))
+    cost = 0
+    for plen in prompt_lens:
+        left = max(0, max_model_len - plen)
+        cost += plen + n * (min(asked, left) if asked else left)
+    key = ctx.principal or f"ip:{ctx.client_host}"
+    checks = [("rate_limit_generation_user", ctx.user, 1, "requests per end user")] \
+        if ctx.user else []
+    checks += [("rate_limit_generation_key", key, 1, "requests per API key"),
+               ("rate_limit_generation_tokens_key", key, cost,
+                "tokens per API key (prompt + n x max_tokens)")]
+    await quotas.charge(checks)
+
+
+# ---- request checks -------------------------------------------------------------------------
+def _unsupported(body: dict, model_cls, extra_ok: set[str] = frozenset()) -> None:
+    names = set()
+    for fname, f in model_cls.model_fields.items():
+        names.add(fname)
+        if f.alias:
+            names.add(f.alias)
+    unknown = sorted(set(body) - names - _OURS - set(extra_ok))
+    if unknown:
+        raise ApiError(400, f"unsupported parameter{'s' if len(unknown) > 1 else ''}: "
+                       f"{', '.join(unknown)} (not supported by this server's vLLM "
+                       f"{model_cls.__name__}; it would be ignored)",
+                       code="unsupported_parameter", param=unknown[0])
+
+
+def _caps(body: dict, settings) -> None:
+    def bad(msg, param):
+        return ApiError(400, msg, code="request_too_large", param=param)
+
+    n = body.get("n") or 1
+    if isinstance(n, int) and n > settings.max_n:
+        raise bad(f"n={n} is above this server's limit of {settings.max_n} choices "
+                  "(RLHF_MAX_N)", "n")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    if isinstance(stops, list):
+        if len(stops) > settings.max_stop_sequences:
+            raise bad(f"{len(stops)} stop sequences; at most {settings.max_stop_sequences} "
+                      "(RLHF_MAX_STOP_SEQUENCES)", "stop")
+        for s in stops:
+            if isinstance(s, str) and len(s) > settings.max_stop_chars:
+                raise bad(f"a stop sequence has {len(s)} characters; at most "
+                          f"{settings.max_stop_chars} (RLHF_MAX_STOP_CHARS)", "stop")
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        v = body.get(name)
+        if isinstance(v, int) and v > settings.max_tokens_limit:
+            raise bad(f"{name}={v} is above this server's limit of "
+                      f"{settings.max_tokens_limit} (RLHF_MAX_TOKENS_LIMIT)", name)
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        if len(msgs) > settings.max_messages:
+            raise bad(f"{len(msgs)} messages; at most {settings.max_messages} per request "
+                      "(RLHF_MAX_MESSAGES)", "messages")
+        for i, m in enumerate(msgs):
+            c = m.get("content") if isinstance(m, dict) else None
+            text = c if isinstance(c, str) else json.dumps(c or "")
+            _chars(text, settings, f"messages[{i}].content")
+    for name in ("prompt", "input", "instructions"):
+        v = body.get(name)
+        if v is not None:
+            _chars(v if isinstance(v, str) else json.dumps(v), settings, name)
+
+
+def _chars(text: str, settings, param: str) -> None:
+    if len(text) > settings.max_message_chars:
+        raise ApiError(400, f"{param} has {len(text)} characters; at most "
+                       f"{settings.max_message_chars} per message (RLHF_MAX_MESSAGE_CHARS)",
+                       code="request_too_large", param=param)
+
+
+def _validate(model_cls, body: dict):
+    try:
+        return model_cls.model_validate(body)
+    except ValidationError as exc:
+        message, param = describe_validation(exc.errors())
+        raise ApiError(422, message, code="invalid_body", param=param) from None
+
+
+def _prompt_key(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False,
+                                     default=str).encode()).hexdigest()[:32]
+
+
+def _sampling_record(params, n: int) -> dict[str, Any]:
+    """The effective sampling setup (after vLLM applied the model's generation defaults)."""
+    p = params
+    rec = {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens,
+           "n": n, "stop": list(p.stop or []) or None, "seed": p.seed,
+           "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty}
+    extra = {"top_k": (p.top_k, 0), "min_p": (p.min_p, 0.0),
+             "repetition_penalty": (p.repetition_penalty, 1.0),
+             "min_tokens": (p.min_tokens, 0), "ignore_eos": (p.ignore_eos, False),
+             "logprobs": (p.logprobs, None)}
+    for k, (v, default) in extra.items():
+        if v not in (default, None, -1):
+            rec[k] = v
+    if getattr(p, "structured_outputs", None) is not None:
+        rec["structured"] = True  # constrained decoding: not the policy's free distribution
+    return rec
+
+
+# ---- the routes' common flow -----------------------------------------------------------
+@dataclass
+class Flow:
+    request: Request
+    kind: str  # chat | completion | responses
+    body: dict
+    response_id: str
+    ctx: RequestCtx
+    messages: list | None = None
+    prompts: list | None = None
+
+    @property
+    def settings(self):
+        return self.request.app.state.settings
+
+    def rid(self, index: int) -> str:
+        return self.response_id if index == 0 else f"{self.response_id}_{index}"
+
+    def n(self) -> int:
+        return int(self.body.get("n") or 1)
+
+    def token(self) -> str:
+        total = max(1, len(self.ctx.calls)) * self.n()
+        return feedback_token.issue(self.settings, self.response_id, total,
+                                    self.ctx.principal, self.ctx.user)
+
+    def locate(self, index: int) -> tuple[Call | None, int]:
+        n = self.n()
+        ci, i = divmod(index, n)
+        return (self.ctx.calls[ci] if ci < len(self.ctx.calls) else None), i
+
+    def label(self, index: int) -> str:
+        call, i = self.locate(index)
+        return call.label(i) if call else self.request.app.state.engine.version
+
+    def overall_label(self) -> str:
+        labels: list[str] = []
+        for index in range(max(1, len(self.ctx.calls)) * self.n()):
+            for v in self.label(index).split("+"):
+                if v not in labels:
+                    labels.append(v)
+        return "+".join(labels)
+
+    async def store(self) -> None:
+        state = self.request.app.state
+        answers = []
+        n_prompt = n_completion = 0
+        for ci, call in enumerate(self.ctx.calls):
+            n_prompt += len(call.prompt_ids or [])
+            for i in range(self.n()):
+                index = ci * self.n() + i
+                messages, prompt = self.messages, None
+                if self.kind == "completion":
+                    prompt = self._prompt_text(ci, call)
+                    key = _prompt_key(["completion", prompt])
+                else:
+                    payload = ["chat", messages]
+                    if self.body.get("tools"):
+                        payload.append(self.body["tools"])
+                    key = _prompt_key(payload)
+                n_completion += call.tokens.get(i, 0)
+                answers.append(LabelledAnswer(
+                    principal=self.ctx.principal, response_id=self.rid(index),
+                    request_id=self.response_id, model_version=call.label(i),
+                    kind="completion" if self.kind == "completion" else "chat",
+                    messages=messages, prompt=prompt, prompt_key=key,
+                    text=call.texts.get(i, ""), finish_reason=call.finish.get(i),
+                    sampling=_sampling_record(call.params, self.n()), user=self.ctx.user,
+                    completion_tokens=call.tokens.get(i, 0),
+                    weight_versions=call.spans.get(i)))
+        if answers:
+            await state.answers.save(answers)  # buffers in memory if Redis is down
+        state.metrics.tokens.labels("prompt").inc(n_prompt)
+        state.metrics.tokens.labels("completion").inc(n_completion)
+
+    def _prompt_text(self, ci: int, call: Call) -> str:
+        p = self.prompts[ci] if self.prompts and ci < len(self.prompts) else None
+        if isinstance(p, str):
+            return p
+        ids = p if isinstance(p, list) else call.prompt_ids
+        try:
+            return self.request.app.state.engine.tokenizer.decode(ids or [])
+        except Exception:  # noqa: BLE001
+            return json.dumps(ids)
+
+
+def _ctx(request: Request) -> RequestCtx:
+    caller = getattr(request.state, "caller", None)
+    settings = request.app.state.settings
+    return RequestCtx(request.app.state, caller.principal if caller else None, None,
+                      request.client.host if request.client else "?")
+
+
+def _check_model(body: dict, state) -> None:
+    from serving.generation import check_model
+    check_model(body.get("model"), state.settings, state.engine)
+    body["model"] = state.settings.served_model_name  # a version id also names it
+
+
+async def _run(handler_call, ctx: RequestCtx):
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    token = CTX.set(ctx)
+    try:
+        result = await handler_call()
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001  the answer `vllm serve` gives
+        if ctx.error is not None:
+            raise ctx.error from None
+        result = create_error_response(exc)
+    finally:
+        CTX.reset(token)
+    if ctx.error is not None:
+        raise ctx.error
+    return result
+
+
+def _error_json(err) -> JSONResponse:
+    return JSONResponse(err.model_dump(), status_code=err.error.code)
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def chat(request: Request, body: dict):
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from serving.openai_schemas import ChatRequest
+
+    state = request.app.state
+    _check_model(body, state)
+    _unsupported(body, ChatCompletionRequest)
+    _validate(ChatRequest, body)  # our stricter checks (roles, ranges): clear 422s
+    _caps(body, state.settings)
+    req = _validate(ChatCompletionRequest, body)
+    if req.max_tokens is None and req.max_completion_tokens is None:
+        req.max_tokens = state.settings.default_max_tokens  # capped by the context left
+    hexid = uuid.uuid4().hex
+    req.request_id = hexid
+    ctx = _ctx(request)
+    ctx.user = state.settings.pseudonymise(body.get("user"))
+    flow = Flow(request, "chat", body, "resp_" + hexid, ctx, messages=body.get("messages"))
+    result = await _run(lambda: state.vllm.openai_serving_chat.create_chat_completion(
+        req, request), ctx)
+    return await _finish(flow, result, "chat.completion")
+
+
+async def completion(request: Request, body: dict):
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    state = request.app.state
+    _check_model(body, state)
+    _unsupported(body, CompletionRequest)
+    _caps(body, state.settings)
+    if body.get("prompt") in (None, "", []):
+        raise ApiError(422, "prompt must not be empty", code="invalid_body", param="prompt")
+    req = _validate(CompletionRequest, body)
+    if req.max_tokens is None:
+        req.max_tokens = state.settings.default_max_tokens
+    hexid = uuid.uuid4().hex
+    req.request_id = hexid
+    ctx = _ctx(request)
+    ctx.user = state.settings.pseudonymise(body.get("user"))
+    p = body.get("prompt")
+    prompts = [p] if isinstance(p, str) or (isinstance(p, list) and p
+                                            and isinstance(p[0], int)) else list(p)
+    flow = Flow(request, "completion", body, "resp_" + hexid, ctx, prompts=prompts)
+    result = await _run(lambda: state.vllm.openai_serving_completion.create_completion(
+        req, request), ctx)
+    return await _finish(flow, result, "text_completion")
+
+
+async def _finish(flow: Flow, result, obj: str):
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    if isinstance(result, ErrorResponse):
+        return _error_json(result)
+    if hasattr(result, "model_dump"):
+        token = flow.token()
+        await flow.store()  # stored before the client has the answer
+        d = result.model_dump()
+        d["id"] = flow.response_id
+        for c in d.get("choices", []):
+            c["response_id"] = flow.rid(c["index"])
+            c["feedback_token"] = token
+            c["model_version"] = flow.label(c["index"])
+        d["model_version"] = d["system_fingerprint"] = flow.overall_label()
+        return JSONResponse(d)
+    return _stream(flow, result)
+
+
+def _stream(flow: Flow, gen) -> StreamingResponse:
+    token = flow.token()
+    metrics = flow.request.app.state.metrics
+
+    async def events():
+        # vLLM may only call the engine while the stream is iterated (Responses API): the
+        # context must be there too. This task serves this response only.
+        CTX.set(flow.ctx)
+        seen: set[int] = set()
+        t0, first = time.perf_counter(), True
+        stored = False
+        async for raw in gen:
+            if not raw.startswith("data: "):
+                yield raw
+                continue
+            payload = raw[len("data: "):].strip()
+            if payload == "[DONE]":
+                if not stored:
+                    stored = True
+                    await flow.store()  # before [DONE]: a client that rates at once finds it
+                yield raw
+                continue
+            try:
+                d = json.loads(payload)
+            except ValueError:
+                yield raw
+                continue
+            if "error" in d and "choices" not in d:
+                yield raw
+                continue
+            d["id"] = flow.response_id
+            finishing = False
+            for c in d.get("choices") or []:
+                idx = c.get("index", 0)
+                c["response_id"] = flow.rid(idx)
+                if idx not in seen or c.get("finish_reason"):
+                    seen.add(idx)
+                    c["feedback_token"] = token
+                if c.get("finish_reason"):
+                    finishing = True
+                    c["model_version"] = flow.label(idx)
+                if first and (c.get("text") or (c.get("delta") or {}).get("content")):
+                    first = False
+                    metrics.ttft.observe(time.perf_counter() - t0)
+            if finishing or d.get("usage"):
+                d["model_version"] = d["system_fingerprint"] = flow.overall_label()
+            yield _sse(d)
+        if not stored:  # a generator that ended without [DONE] (client gone / error)
+            await flow.store()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def responses(request: Request, body: dict):
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    state = request.app.state
+    _check_model(body, state)
+    _unsupported(body, ResponsesRequest)
+    _caps(body, state.settings)
+    req = _validate(ResponsesRequest, body)
+    if req.max_output_tokens is None:
+        req.max_output_tokens = state.settings.default_max_tokens
+    ctx = _ctx(request)
+    ctx.user = state.settings.pseudonymise(body.get("user"))
+    inp = body.get("input")
+    messages = ([{"role": "user", "content": inp}] if isinstance(inp, str) else inp) or []
+    if body.get("instructions"):
+        messages = [{"role": "system", "content": body["instructions"]}] + list(messages)
+    flow = Flow(request, "responses", body | {"n": 1}, req.request_id, ctx, messages=messages)
+    result = await _run(lambda: state.vllm.openai_serving_responses.create_responses(
+        req, request), ctx)
+    if isinstance(result, ErrorResponse):
+        return _error_json(result)
+
+    def decorate(d: dict) -> dict:
+        d["response_id"] = flow.response_id
+        d["feedback_token"] = flow.token()
+        d["model_version"] = flow.overall_label()
+        return d
+
+    if hasattr(result, "model_dump"):
+        await flow.store()
+        return JSONResponse(decorate(result.model_dump(mode="json", by_alias=True)))
+
+    async def events():  # the SSE framing of vLLM's responses router, plus our fields
+        CTX.set(flow.ctx)  # vLLM calls the engine while the stream is iterated
+        async for event in result:
+            d = event.model_dump(mode="json", by_alias=True)
+            if d.get("type") == "response.completed" and "response" in d:
+                await flow.store()  # before the client learns it is complete
+                decorate(d["response"])
+            yield f"event: {d.get('type', 'unknown')}\ndata: {json.dumps(d)}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def tokenize(request: Request, body: dict, detokenize: bool = False):
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.entrypoints.serve.tokenize.protocol import (DetokenizeRequest,
+                                                          TokenizeRequest)
+
+    state = request.app.state
+    _check_model(body, state)
+    handler = state.vllm.serving_tokenization
+    if detokenize:
+        req = _validate(DetokenizeRequest, body)
+        result = await _run(lambda: handler.create_detokenize(req, request), _ctx(request))
+    else:
+        from pydantic import TypeAdapter
+        try:
+            req = TypeAdapter(TokenizeRequest).validate_python(body)
+        except ValidationError as exc:
+            message, param = describe_validation(exc.errors())
+            raise ApiError(422, message, code="invalid_body", param=param) from None
+        result = await _run(lambda: handler.create_tokenize(req, request), _ctx(request))
+    if isinstance(result, ErrorResponse):
+        return _error_json(result)
+    return JSONResponse(result.model_dump())
