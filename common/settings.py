@@ -105,6 +105,19 @@ class Settings(BaseSettings):
     replica_id: str = ""
     """Name this server reports under; empty = hostname:port."""
 
+    # --- OpenAI layer through vLLM's handlers + bounded hot-swap (issue 13) --------------
+    tool_call_parser: str = ""
+    """vLLM tool parser (e.g. hermes, llama3_json, mistral): enables tools with tool_choice
+    auto/required (vLLM 0.32 needs a parser for both); empty = none, as `vllm serve` without
+    --tool-call-parser (named tool_choice still works)."""
+    vllm_serve_args: str = ""
+    """Extra `vllm serve` front-end flags for the OpenAI layer, shell-quoted (e.g.
+    "--chat-template t.jinja --reasoning-parser qwen3"); parsed by vLLM's own CLI parser."""
+    swap_drain_seconds: float = 10.0
+    """A hot swap waits at most this long for in-flight generations (engine side: a slow
+    client reader never counts); what is still generating is then kept and continues on the
+    new weights, its answer labelled with both versions ("v1+v2")."""
+
     # --- pipeline ----------------------------------------------------------------------
     retrain_every_minutes: float = 30.0
     retrain_min_events: int = 200
