@@ -461,8 +461,8 @@ async def chat(request: Request, body: dict):
 
     state = request.app.state
     _check_model(body, state)
-    _unsupported(body, ChatCompletionRequest)
     _validate(ChatRequest, body)  # our stricter checks (roles, ranges): clear 422s
+    _unsupported(body, ChatCompletionRequest)
     _caps(body, state.settings)
     req = _validate(ChatCompletionRequest, body)
     if req.max_tokens is None and req.max_completion_tokens is None:
