@@ -11,36 +11,13 @@ rater of last resort, and names its quotas.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
 from fastapi import Request
 
+from common.identity import key_pseudonym, trusted_keys
 from serving.errors import ApiError
-
-
-def sub_key(settings, purpose: str) -> bytes:
-    """A key derived from the deployment's HMAC key for one purpose (pseudonyms of keys,
-    feedback tokens), so one use can never be replayed as another."""
-    return hmac.new(settings._hmac_key_bytes, b"rlhf-live/" + purpose.encode(),
-                    hashlib.sha256).digest()
-
-
-def key_pseudonym(key: str, settings) -> str:
-    # Not the key itself: principals end up in the training data and in logs. Keyed, so a
-    # leaked pseudonym cannot be checked against guessed keys offline.
-    digest = hmac.new(sub_key(settings, "api-key-pseudonym"), key.encode(),
-                      hashlib.sha256).hexdigest()
-    return "k_" + digest[:16]
-
-
-def _split(value: str) -> list[str]:
-    return [k.strip() for k in value.split(",") if k.strip()]
-
-
-def trusted_keys(settings) -> list[str]:
-    return _split(settings.trusted_api_keys)
 
 
 def all_keys(settings) -> list[str]:

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from serving.auth import sub_key
+from common.identity import sub_key
 from serving.errors import ApiError
 
 VERSION = "ft1"

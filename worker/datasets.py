@@ -115,7 +115,7 @@ def key_cap_args(settings) -> dict:
     """build_training_sets arguments of the per-key cap from the deployment's settings:
     RLHF_MAX_KEY_SHARE (>= 1 = off) and the pseudonyms of RLHF_TRUSTED_API_KEYS (exempt; the
     worker needs the same keys and HMAC key as the servers to recognise them)."""
-    from serving.auth import key_pseudonym, trusted_keys  # pure functions (hmac), no server
+    from common.identity import key_pseudonym, trusted_keys
     share = settings.max_key_share
     return {"max_key_share": share if share < 1 else None,
             "exempt_keys": frozenset(key_pseudonym(k, settings) for k in trusted_keys(settings)),

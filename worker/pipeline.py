@@ -17,7 +17,7 @@ import redis
 from common import artifacts, ops
 from common.keys import KEYS, check_run_id
 from common.settings import Settings
-from worker.datasets import build_training_sets
+from worker.datasets import build_training_sets, key_cap_args
 from worker.lock import LockLost
 from worker.retention import prune_files, prune_versions
 from worker.snapshot import load_snapshots, take_snapshot
@@ -147,7 +147,8 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     status.step("datasets", new_events=snap.events, earlier_unconsumed_runs=sorted(unconsumed - {run_id}))
     sets = build_training_sets(records, set(reg.versions()),
                                settings.max_rater_share, settings.heldout_fraction,
-                               is_new=lambda rec: rec.get("snapshot_run") not in consumed)
+                               is_new=lambda rec: rec.get("snapshot_run") not in consumed,
+                               **key_cap_args(settings))
     stats = dict(sets.stats)
     stats["dead_lettered"] = snap.dead_lettered  # malformed entries of this run's snapshot
     status.fields["data"] = stats

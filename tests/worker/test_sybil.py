@@ -136,7 +136,7 @@ def test_fifty_keys_are_fifty_actors(sampler):
 
 
 def test_settings_wiring_exempts_trusted_keys_and_single_ordinary_key(tmp_path):
-    from serving.auth import key_pseudonym
+    from common.identity import key_pseudonym
     s = Settings(data_dir=tmp_path, user_hmac_key="h", api_keys="a,b", trusted_api_keys="t")
     args = key_cap_args(s)
     assert args["max_key_share"] == 0.25 and args["exempt_keys"] == {key_pseudonym("t", s)}
