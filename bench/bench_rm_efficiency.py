@@ -46,13 +46,15 @@ def answer_pool(model_dir: Path, prompts: list[str], per_prompt: int, max_tokens
         return json.loads(key.read_text())
     import torch
 
+    from trainer.device import resolve_device
     from trainer.evaluate import _sample
     from trainer.modeling import eos_token_ids, load_causal_lm, load_tokenizer
-    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
+    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir, resolve_device("auto"))
     eos = set(eos_token_ids(model, tokenizer))
     out = []
-    for i in range(0, len(prompts), 16):  # chunks: bounded memory, visible progress
-        chunk = prompts[i:i + 16]
+    step = 16 if model.device.type == "cpu" else 128
+    for i in range(0, len(prompts), step):  # chunks: bounded memory, visible progress
+        chunk = prompts[i:i + step]
         msgs = [[{"role": "user", "content": p}] for p in chunk for _ in range(per_prompt)]
         _, responses = _sample(model, tokenizer, msgs, max_tokens, greedy=False, seed=seed + i)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -60,7 +62,7 @@ def answer_pool(model_dir: Path, prompts: list[str], per_prompt: int, max_tokens
                 for m, t, r in zip(msgs, texts, responses)]
         print(f"sampled {len(out)} answers", flush=True)
     del model
-    torch.set_num_threads(torch.get_num_threads())
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     cache.mkdir(parents=True, exist_ok=True)
     key.write_text(json.dumps(out))
     return out
@@ -101,7 +103,8 @@ def evaluate(rm_dir: Path, heldout) -> dict:
     from trainer.ppo_math import pearson_correlation
     from trainer.reward_model import RewardModel
     import torch
-    rm = RewardModel.load(rm_dir)
+    from trainer.device import resolve_device
+    rm = RewardModel.load(rm_dir, resolve_device("auto"))
     pairs = [p for p, _ in heldout]
     rc = rm.score([p.messages for p in pairs], [p.chosen for p in pairs], [p.chosen_finished for p in pairs])
     rr = rm.score([p.messages for p in pairs], [p.rejected for p in pairs], [p.rejected_finished for p in pairs])
@@ -126,6 +129,8 @@ def main() -> int:
                    help="RMConfig overrides on top of the demo's RM config (default: the demo's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", help="HF folder (default: SmolLM2-135M-Instruct from the wheel)")
+    p.add_argument("--limit-prompts", type=int, default=0, help="use only the first N prompts (smoke test)")
     p.add_argument("--out", default="rm_efficiency")
     args = p.parse_args()
     import torch
@@ -134,9 +139,10 @@ def main() -> int:
     from trainer.config import RMConfig
     from trainer.reward_model import train_reward_model
     data_dir = Path(os.environ.get("RLHF_DATA_DIR", REPO / ".rlhf-data"))
-    model = ensure_smollm2(data_dir)
+    model = Path(args.model) if args.model else ensure_smollm2(data_dir)
     prompts = json.loads((REPO / "demo" / "data" / "prompts.json").read_text())
     every = prompts["train"] + prompts["heldout"]
+    every = every[: args.limit_prompts] if args.limit_prompts else every
     pool = answer_pool(model, every, args.per_prompt, args.max_tokens, args.seed, data_dir / "bench-cache")
     rng = random.Random(args.seed)
     shuffled = list(every)
@@ -149,10 +155,10 @@ def main() -> int:
                      "pool_finished_share": sum(a["finished"] for a in pool) / len(pool), "runs": []}
     root = Path(tempfile.mkdtemp(prefix="rm-eff-"))
     try:
-        for pref in args.preferences.split(","):
-            train = votes(pool, train_prompts, pref, 16, args.seed)
-            heldout = votes(pool, heldout_prompts, pref, 16, args.seed + 1)
-            for name, overrides in variants.items():
+        data = {pref: (votes(pool, train_prompts, pref, 16, args.seed), votes(pool, heldout_prompts, pref, 16, args.seed + 1))
+                for pref in args.preferences.split(",")}
+        for name, overrides in variants.items():  # variant-major: the first variant covers every preference first
+            for pref, (train, heldout) in data.items():
                 for n in sizes:
                     if n > len(train):
                         print(f"{pref}: only {len(train)} training pairs, skipping N={n}", flush=True)

@@ -31,15 +31,21 @@ PRESETS = {
     "quick": Preset(rounds=1, interactions_per_round=32, max_tokens=64, n_users=12, concurrency=4,
                     eval_prompts=12, ppo={"steps": 3, "batch_size": 8, "mini_batch_size": 4,
                                           "max_new_tokens": 40, "lr": 3e-5},
-                    rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}, round_timeout_s=1800),
+                    rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}, algorithm="dpo",
+                    policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}, round_timeout_s=1800),
     # Users get up to 64 tokens (answers' natural lengths vary, so clicks carry signal); PPO
     # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty. Measured: lr 3e-5
     # with β 0.05 moved too little (3 rounds: KL 1.6, 67%); lr 1e-4 collapsed to ~9-word answers
     # by round 2 (KL 7.8, 62%, RM hacked); so a middle lr and a firmer KL leash.
+    # DPO (the deployment default) at lr 1.5e-4, beta 0.25, 3 epochs: chosen on a GPU sweep of six
+    # configs x 3 demo-like rounds (bench/gpu_dpo_rounds.py -> bench/results/gpu_dpo_rounds.json):
+    # the only one above 80% win-rate vs v0 within the KL budget of 8 (83%, KL 7.7, 0 degenerate
+    # at round 2); lr 5e-6 (DPOConfig's default) and 5e-5 barely move in 3 rounds (KL 0.4-5.5, 46-67%).
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=4,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
-                      rm={"epochs": 2, "batch_size": 8, "lr": 5e-5}),
+                      rm={"epochs": 2, "batch_size": 8, "lr": 5e-5}, algorithm="dpo",
+                      policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}),
 }
 
 
@@ -72,8 +78,9 @@ def _demo(args) -> int:
     if args.interactions:
         preset.interactions_per_round = args.interactions
     preset.ppo.update(json.loads(args.ppo))
-    if args.algorithm:
-        preset.algorithm = args.algorithm
+    if args.algorithm and args.algorithm != preset.algorithm:
+        # the preset's policy overrides are tuned for its own algorithm (their fields may not exist in another)
+        preset.algorithm, preset.policy = args.algorithm, {}
     preset.policy.update(json.loads(args.policy_config))
     preset.rm.update(json.loads(args.rm))
     base = Settings()
