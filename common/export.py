@@ -250,6 +250,28 @@ def format_lines(records: list[dict], fmt: str) -> Iterator[str]:
         yield json.dumps(line, ensure_ascii=False) + "\n"
 
 
+# What the HTTP API accepts as `since` (GET /admin/export): empty (no filter), unix seconds, an
+# age (30m, 12h, 7d, 2w) or a calendar-valid ISO date / date-time (`T` or space; seconds,
+# fraction and offset optional; UTC without an offset). Every string it matches parses; the
+# route answers 422 for any other (the `rlhf export --since` CLI stays lenient).
+_Y = "[1-9][0-9]{3}"
+_LEAP = "([1-9][0-9](0[48]|[2468][048]|[13579][26])|([13579][26]|[2468][048])00)"
+_DATE = (f"({_Y}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)"
+         f"|(0[13578]|1[02])-31)|{_LEAP}-02-29)")
+_TIME = ("[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,6})?)?"
+         "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?")
+SINCE_PATTERN = (f"^(|[0-9]{{1,12}}(\\.[0-9]{{1,6}})?|[0-9]{{1,9}}(\\.[0-9]{{1,6}})?[smhdw]"
+                 f"|{_DATE}({_TIME})?)$")
+
+
+def check_since(text: str | None) -> None:
+    """The HTTP API's `since`: raises ExportError unless it matches SINCE_PATTERN (searched as
+    JSON Schema validators in Python do)."""
+    if text is not None and not re.search(SINCE_PATTERN, text):
+        raise ExportError(f"since {text!r}: expected unix seconds, an age like 7d / 12h / 30m "
+                          "or an ISO date/time like 2026-01-31 or 2026-01-31T12:00:00Z")
+
+
 def parse_since(text: str | None, now: float | None = None) -> float | None:
     """Unix seconds, an ISO date/time (UTC unless it says otherwise) or an age: 30m, 12h, 7d."""
     if text is None or str(text).strip() == "":

@@ -10,10 +10,11 @@ import hmac
 from typing import Literal
 
 import redis
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from common import ops
+from common.export import SINCE_PATTERN
 from common.registry import RegistryError, UnknownVersion
 from serving.auth import bearer
 from serving.errors import ErrorBody
@@ -172,11 +173,19 @@ def console_rollback(body: ConsoleRollbackRequest, request: Request):
         raise HTTPException(409, str(exc))
 
 
+# `since` is documented by its pattern and checked against it here (422 otherwise), not by
+# FastAPI: pydantic's regex engine reads `$` differently from the JSON Schema validators.
+_SINCE = Query(default=None, json_schema_extra={"pattern": SINCE_PATTERN}, description=(
+    "votes cast at or after: unix seconds (1767225600), an age (30m, 12h, 7d, 2w) or an ISO "
+    "date / date-time (2026-01-31, 2026-01-31T12:00:00Z; UTC without an offset); empty: all"))
+
+
 @router.get("/export", responses={200: {
     "description": "one JSON object per line", "content": {"application/x-ndjson": {
-        "schema": {"type": "string"}}}}} | _errors(s422="unknown format, or an unreadable since"))
+        "schema": {"type": "string"}}}}} | _errors(
+    s422="unknown format, or a since that does not match its pattern"))
 def export_preferences(request: Request, format: Literal["openai-dpo", "trl", "jsonl"] = "openai-dpo",
-                       since: str | None = None,
+                       since: str | None = _SINCE,
                        version: str | None = None):
     """Preference data as JSONL: `openai-dpo` (OpenAI preference fine-tuning), `trl`
     (prompt/chosen/rejected) or `jsonl` (every vote); rater pseudonyms only."""
@@ -185,6 +194,7 @@ def export_preferences(request: Request, format: Literal["openai-dpo", "trl", "j
     from common import export
     settings = _settings(request)
     try:
+        export.check_since(since)
         lines = _redis_guard(lambda: list(export.export_lines(
             settings, format, since, version, ops.client(settings))))
     except export.ExportError as exc:

@@ -31,7 +31,7 @@ from serving.auth import require_api_key
 from serving.errors import ApiError, error_responses
 from serving.generation import (Prepared, prepare_chat, prepare_completion, sampling_params,
                                 stored_answer, usage)
-from serving.openai_schemas import ChatRequest, CompletionRequest
+from serving.openai_schemas import MAX_N, ChatRequest, CompletionRequest
 
 log = logging.getLogger("rlhf.openai")
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -173,21 +173,182 @@ _BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"type": "object", "description": "the request body of `vllm serve` "
                "(same vLLM version): any field its protocol model knows"}}}}}
 _ERRORS = error_responses(400, 401, 404, 413, 422, 429)
+_GEN_ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503)
 
 
-@router.post("/chat/completions", responses=_ERRORS, openapi_extra=_BODY)
+# ---- the documented request bodies of /v1/chat/completions and /v1/completions ---------------
+# The fields every engine serves (vLLM's handlers, and the stub-engine path below), with this
+# deployment's caps (RLHF_MAX_*; above one: 400). Any other field: 400 unsupported_parameter
+# (vLLM's handlers accept more of their protocol model's fields; they are not documented here).
+# A schema-valid request can still get 400 context_length_exceeded (prompt tokens + max_tokens
+# over the model's context, which depends on the prompt's tokens), 404 (an unknown `model`),
+# 429 (quotas) or 503 (Redis down).
+def _null(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _common_fields(s) -> dict:
+    limit = s.max_tokens_limit
+    stop = {"type": "string", "maxLength": s.max_stop_chars}
+    return {
+        "model": _null({"type": "string", "description": "the served model name (or the "
+                        "served version id); 404 for another"}),
+        "temperature": _null({"type": "number", "minimum": 0, "maximum": 2}),
+        "top_p": _null({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+        "max_tokens": _null({"type": "integer", "minimum": 1, "maximum": limit,
+                             "description": "RLHF_MAX_TOKENS_LIMIT; default "
+                             "RLHF_DEFAULT_MAX_TOKENS (capped by the context left)"}),
+        "n": {"type": "integer", "minimum": 1, "maximum": min(s.max_n, MAX_N), "default": 1,
+              "description": "choices (RLHF_MAX_N)"},
+        "stop": _null({"anyOf": [stop, {"type": "array", "items": stop,
+                                        "maxItems": s.max_stop_sequences}]}),
+        "seed": _null({"type": "integer"}),
+        "presence_penalty": _null({"type": "number", "minimum": -2, "maximum": 2}),
+        "frequency_penalty": _null({"type": "number", "minimum": -2, "maximum": 2}),
+        "stream": {"type": "boolean", "default": False},
+        "stream_options": _null({"type": "object", "properties": {
+            "include_usage": {"type": "boolean", "default": False}}}),
+        "user": _null({"type": "string", "maxLength": 256,
+                       "description": "the end user (stored only as its HMAC pseudonym)"}),
+    }
+
+
+def chat_body_schema(s) -> dict:
+    cap = s.max_message_chars
+    part = {"type": "object", "required": ["type", "text"], "properties": {
+        "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+        "description": "a text part (the parts of a message count together against "
+                       "RLHF_MAX_MESSAGE_CHARS)"}
+    message = {"type": "object", "required": ["role"], "properties": {
+        "role": {"type": "string",
+                 "enum": ["system", "user", "assistant", "developer", "tool"]},
+        "content": _null({"anyOf": [{"type": "string", "maxLength": cap},
+                                    {"type": "array", "items": part}]})}}
+    props = _common_fields(s) | {
+        "messages": {"type": "array", "minItems": 1, "maxItems": s.max_messages,
+                     "items": message, "description": "RLHF_MAX_MESSAGES messages of at most "
+                     "RLHF_MAX_MESSAGE_CHARS characters"},
+        "max_completion_tokens": _null({"type": "integer", "minimum": 1,
+                                        "maximum": s.max_tokens_limit})}
+    return {"type": "object", "required": ["messages"], "properties": props,
+            "additionalProperties": False}
+
+
+def completion_body_schema(s) -> dict:
+    text = {"type": "string", "minLength": 1, "maxLength": s.max_message_chars}
+    props = _common_fields(s) | {"prompt": {"anyOf": [text, {
+        "type": "array", "items": text, "minItems": 1, "maxItems": 1}],
+        "description": "one prompt (a string, or a list of one string)"}}
+    return {"type": "object", "required": ["prompt"], "properties": props,
+            "additionalProperties": False}
+
+
+def _doc(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": schema}}}}
+
+
+_GEN_OK = {200: {"description": "the completion; with `stream: true` a server-sent event "
+                 "stream of chunks ending with `data: [DONE]`",
+                 "content": {"application/json": {"schema": {"type": "object"}},
+                             "text/event-stream": {"schema": {  # one event
+                                 "type": "object", "required": ["data"], "properties": {
+                                     "event": {"type": "string"},
+                                     "data": {"type": "string", "description": "a JSON "
+                                              "chunk (or an in-band error), then [DONE]"}}}}}}}
+
+
+def _documented_settings():
+    """The caps the schema states: this process's settings (RLHF_* environment), as
+    create_app's default."""
+    from common.settings import Settings
+    try:
+        return Settings()
+    except Exception:  # noqa: BLE001  an unreadable environment: the defaults
+        return Settings.model_construct()
+
+
+_DOC_SETTINGS = _documented_settings()
+_CHAT_DOC = _doc(chat_body_schema(_DOC_SETTINGS))
+_COMPLETION_DOC = _doc(completion_body_schema(_DOC_SETTINGS))
+
+
+_JSON_TYPES = {"string": lambda v: isinstance(v, str),
+               "boolean": lambda v: isinstance(v, bool),
+               "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+               or (isinstance(v, float) and v.is_integer()),
+               "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+               "null": lambda v: v is None, "array": lambda v: isinstance(v, list),
+               "object": lambda v: isinstance(v, dict)}
+
+
+def _type_error(value, schema: dict, where: str) -> str | None:
+    """Where `value` has a JSON type its documented schema does not allow (types only: the
+    ranges and lengths are pydantic's and the caps' checks), or None."""
+    if "anyOf" in schema:
+        errors = [_type_error(value, s, where) for s in schema["anyOf"]]
+        return None if None in errors else errors[0]
+    if "type" in schema and not _JSON_TYPES[schema["type"]](value):
+        return where
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            if bad := _type_error(v, schema["items"], f"{where}.{i}"):
+                return bad
+    if isinstance(value, dict):
+        for k, sub in schema.get("properties", {}).items():
+            if k in value and (bad := _type_error(value[k], sub, f"{where}.{k}")):
+                return bad
+    return None
+
+
+def _legacy_checks(body: dict, schema: dict, settings) -> None:
+    """The stub-engine path enforces the documented body as vLLM's handlers do: a field it
+    does not serve is a 400 (not silently ignored), each max-tokens field is capped, flags
+    are JSON booleans."""
+    unknown = sorted(set(body) - set(schema["properties"]))
+    if unknown:
+        raise ApiError(400, f"unsupported parameter{'s' if len(unknown) > 1 else ''}: "
+                       f"{', '.join(unknown)} (not supported by this server; it would be "
+                       "ignored)", code="unsupported_parameter", param=unknown[0])
+    for name, value in body.items():  # JSON types as documented (pydantic would take
+        where = _type_error(value, schema["properties"][name], name)  # false, "0.5", 1)
+        if where:
+            raise ApiError(422, f"{where}: wrong JSON type", code="invalid_body", param=where)
+    for name in ("max_completion_tokens", "max_tokens"):
+        v = body.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v > settings.max_tokens_limit:
+            raise ApiError(400, f"{name}={v} is above this server's limit of "
+                           f"{settings.max_tokens_limit} (RLHF_MAX_TOKENS_LIMIT)",
+                           code="request_too_large", param=name)
+
+
+def _text_parts(req: ChatRequest) -> None:
+    for i, m in enumerate(req.messages):
+        for p in m.content if isinstance(m.content, list) else []:
+            if p.get("type") == "text" and not isinstance(p.get("text"), str):
+                raise ApiError(422, f"messages.{i}.content: a text part needs a string "
+                               "`text`", code="invalid_body", param=f"messages.{i}.content")
+
+
+@router.post("/chat/completions", responses=_GEN_OK | _GEN_ERRORS, openapi_extra=_CHAT_DOC)
 async def chat_completions(request: Request):
     body = await _json_body(request)
     if getattr(request.app.state, "vllm", None) is not None:
         return await vllm_api.chat(request, body)
-    return await _legacy_chat(_legacy_parse(ChatRequest, body), request)
+    settings = request.app.state.settings
+    _legacy_checks(body, chat_body_schema(settings), settings)
+    req = _legacy_parse(ChatRequest, body)
+    _text_parts(req)
+    return await _legacy_chat(req, request)
 
 
-@router.post("/completions", responses=_ERRORS, openapi_extra=_BODY)
+@router.post("/completions", responses=_GEN_OK | _GEN_ERRORS, openapi_extra=_COMPLETION_DOC)
 async def completions(request: Request):
     body = await _json_body(request)
     if getattr(request.app.state, "vllm", None) is not None:
         return await vllm_api.completion(request, body)
+    settings = request.app.state.settings
+    _legacy_checks(body, completion_body_schema(settings), settings)
     return await _legacy_completions(_legacy_parse(CompletionRequest, body), request)
 
 

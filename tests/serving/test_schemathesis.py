@@ -59,11 +59,21 @@ def stub_app(settings: Settings):
     openai_routes.sampling_params = lambda prep, stream: prep.sampling | {"max_tokens": prep.max_tokens}
     app = create_app(settings)
 
+    class Engine(StubEngine):
+        # A context that holds any request the documented caps allow (RLHF_MAX_MESSAGES x
+        # RLHF_MAX_MESSAGE_CHARS + RLHF_MAX_TOKENS_LIMIT): the model's context length is not
+        # in the schema (400 context_length_exceeded depends on the prompt's tokens), and one
+        # token per character, as a real tokenizer gives a whitespace prompt tokens too.
+        max_model_len = 1 << 30
+
+        def count_tokens(self, text: str) -> list[int]:
+            return list(range(len(text)))
+
     @asynccontextmanager
     async def lifespan(app):
         redis = redis_client(settings.redis_url)
         state = app.state
-        state.engine, state.swapper, state.redis = StubEngine(), _Swapper(), redis
+        state.engine, state.swapper, state.redis = Engine(), _Swapper(), redis
         state.answers = AnswerStore(redis, settings.retention_days, state.metrics)
         state.feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days)
         try:
