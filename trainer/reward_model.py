@@ -63,9 +63,12 @@ class RewardModel:
     """A trained RM folder, loaded once; scores are raw, `normalised` uses the stored mean/std."""
 
     def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0,
-                 max_length: int = 512, batch_size: int = 16):
+                 max_length: int = 512, batch_size: int = 16, open_turns: bool = False):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.mean, self.std, self.max_length, self.batch_size = mean, std, max_length, batch_size
+        # Trained on cut-off answers (rendered as open turns)? Only then are the finished flags
+        # shown to it: an open turn would be out of distribution for an RM that never saw one.
+        self.open_turns = open_turns
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
@@ -74,7 +77,7 @@ class RewardModel:
         stats = json.loads((model_dir / STATS_FILE).read_text()) if (model_dir / STATS_FILE).exists() else {}
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
         return cls(model, _rm_tokenizer(model_dir), stats.get("mean", 0.0), stats.get("std", 1.0),
-                   stats.get("max_length", 512))
+                   stats.get("max_length", 512), open_turns=stats.get("open_turns", False))
 
     @torch.no_grad()
     def score(self, messages_list: Sequence[list[dict]], answers: Sequence[str],
@@ -83,7 +86,7 @@ class RewardModel:
         cut off by the token limit (None = all finished)."""
         if len(messages_list) != len(answers):
             raise ValueError("messages_list and answers differ in length")
-        finished = [True] * len(answers) if finished is None else list(finished)
+        finished = [True] * len(answers) if finished is None or not self.open_turns else list(finished)
         texts = [conversation_text(self.tokenizer, m, a, f) for m, a, f in zip(messages_list, answers, finished)]
         out: list[float] = []
         for i in range(0, len(texts), self.batch_size):
@@ -317,6 +320,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         "final_loss": sum(h["loss"] for h in last) / len(last),
         "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),
         "steps": step, "seconds": round(time.time() - started, 2), "device": describe(device),
+        "open_turns": _saw_cut_off(train_pairs, rated, warm_start),
     }
     _save(model, tokenizer, final, partial, metrics, config, base_dir, warm_start)
     if progress:
@@ -324,10 +328,19 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     return metrics
 
 
+def _saw_cut_off(pairs, rated, warm_start) -> bool:
+    """Did this RM (or the RM it was warm-started from) train on cut-off answers?"""
+    if any(not (p.chosen_finished and p.rejected_finished) for p in pairs) or any(not r.finished for r in rated):
+        return True
+    stats = Path(warm_start) / STATS_FILE if warm_start else None
+    return bool(stats and stats.exists() and json.loads(stats.read_text()).get("open_turns", False))
+
+
 def _save(model, tokenizer, final: Path, partial: Path, metrics: dict, config: RMConfig, base_dir, warm_start) -> None:
     model.save_pretrained(str(partial), safe_serialization=True)
     tokenizer.save_pretrained(str(partial))
     stats = {"mean": metrics["reward_mean"], "std": metrics["reward_std"], "max_length": config.max_length,
+             "open_turns": metrics["open_turns"],
              "base": str(base_dir), "warm_start": str(warm_start) if warm_start else None,
              "config": asdict(config), "metrics": metrics}
     (partial / STATS_FILE).write_text(json.dumps(stats, indent=2))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,7 +60,12 @@ def embed_site():
 
 @pytest.fixture(scope="module")
 def stack(redis_server, tiny_model_dir, tmp_path_factory, embed_site):
-    redis.Redis.from_url(redis_server.url).flushall()
+    # Its own key prefix: the session's serving fixture (tests/serving/conftest.py) shares this
+    # redis-server and keeps heartbeating as a replica under the default prefix, so a deploy
+    # here would wait for a replica that never has our versions. KEYS reads the prefix on use,
+    # so this process's KEYS and the stack's processes agree.
+    saved_prefix = os.environ.get("RLHF_KEY_PREFIX")
+    os.environ["RLHF_KEY_PREFIX"] = f"uitest{os.getpid()}"
     data = tmp_path_factory.mktemp("ui") / "data"
     port = free_port()
     env = {
@@ -90,6 +94,13 @@ def stack(redis_server, tiny_model_dir, tmp_path_factory, embed_site):
             redis_server.url, decode_responses=True), "stack": st, "logs": st.log_dir}
     finally:
         st.stop()
+        r = redis.Redis.from_url(redis_server.url)
+        for key in r.scan_iter(match=f"{os.environ['RLHF_KEY_PREFIX']}*", count=1000):
+            r.delete(key)
+        if saved_prefix is None:
+            os.environ.pop("RLHF_KEY_PREFIX", None)
+        else:
+            os.environ["RLHF_KEY_PREFIX"] = saved_prefix
 
 
 @pytest.fixture(scope="module")
