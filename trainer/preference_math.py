@@ -64,9 +64,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
 def implicit_preference_accuracy(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
                                  ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> float:
     """Share of pairs whose log-prob margin over the reference favours the chosen answer (DPO's
-    implicit reward model): a policy-level check on human pairs that needs no reward model."""
+    implicit reward model): a policy-level check on human pairs that needs no reward model. A zero
+    margin (no opinion: the reference itself has margin 0 on every pair) counts half, so the
+    anchor scores 0.5, not 0, and a candidate compared with an anchor-served version must agree
+    with people at least as often as a coin."""
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return (margin > 0).float().mean().item() if margin.numel() else float("nan")
+    if not margin.numel():
+        return float("nan")
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
 
 
 # ---------------------------------------------------------------- KTO

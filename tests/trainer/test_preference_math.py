@@ -60,7 +60,7 @@ def test_dpo_gradient_raises_chosen_lowers_rejected():
 def test_implicit_preference_accuracy():
     acc = prm.implicit_preference_accuracy(torch.tensor([-1.0, -3.0, -2.0]), torch.tensor([-2.0, -1.0, -2.0]),
                                            torch.zeros(3), torch.zeros(3))
-    assert acc == approx(1 / 3)  # margins 1, -2, 0: only the first is strictly positive
+    assert acc == approx(1.5 / 3)  # margins 1, -2, 0: one agrees, one disagrees, a tie counts half
     assert math.isnan(prm.implicit_preference_accuracy(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0)))
 
 

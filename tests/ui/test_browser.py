@@ -409,6 +409,8 @@ def test_console_pipeline_deploy_rollback(page, stack):
     _confirm(page, "Deploy v1", reason="ship it after review")
     _wait_served(stack, "v1")
     page.wait_for_selector("#current-version:has-text('v1')")
+    # the history table refreshes on the console's poll, maybe after the current version does
+    page.wait_for_function("() => document.getElementById('deploys').textContent.includes('ship it after review')")
     history = page.inner_text("#deploys")
     assert "console:alice" in history and "rollback" in history and "ship it after review" in history
     # live stats by version: v1 beats v0 in a cross-version comparison, thumbs on v1
