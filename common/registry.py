@@ -159,7 +159,7 @@ class ModelRegistry:
             meta.setdefault("created", time.time())
             meta["version"] = version
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, self.root / version)  # atomic; fails if the name is taken
             except OSError:
@@ -169,7 +169,7 @@ class ModelRegistry:
                     shutil.rmtree(tmp, ignore_errors=True)
                 continue
             self._record_number(n)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return version
         raise RegistryError("could not allocate a version id")
 
@@ -205,7 +205,7 @@ class ModelRegistry:
                      "actor": actor, "time": time.time()}
             with open(self.root / "deploys.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         return entry
 
     def rollback_target(self) -> str:
@@ -275,7 +275,8 @@ def _copy_tree_linked(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (its entries: a rename or a new file survives a crash); best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -27,6 +27,7 @@ import redis
 from common.events import FeedbackEvent
 from common.keys import FEEDBACK_GROUP, KEYS
 from common.privacy import short_lock
+from common.registry import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def _take(client: redis.Redis, out_dir: Path, name: str, dead_letter_maxlen: int
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     elif earlier:
         path = earlier[-1]
     # Dead letters are written before the ack: a crash in between re-reads (and re-files) them.
@@ -210,15 +211,6 @@ def trim_stream(client: redis.Redis) -> int:
     return int(client.xtrim(KEYS.feedback_stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def load_snapshots(snap_dir: Path) -> list[dict]:
