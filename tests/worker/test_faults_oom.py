@@ -30,6 +30,11 @@ def _wait(predicate, timeout, what):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def test_importing_the_hanging_app_leaves_this_process_real_pipeline():
+    import worker.pipeline
+    assert worker.pipeline.run_pipeline.__name__ == "run_pipeline"
+
+
 def test_a_run_killed_every_time_is_retried_then_marked_failed(rlhf_env, redis_url, tmp_path):
     env = dict(rlhf_env, RLHF_PIPELINE_MAX_ATTEMPTS="3", PYTHONPATH=str(ROOT))
     settings = Settings(redis_url=redis_url, data_dir=Path(env["RLHF_DATA_DIR"]))
