@@ -12,11 +12,16 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.identity import check_key_lists, parse_keys
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore")
+    # hide_input_in_errors: a validation error must not print the keys and tokens it was given
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     # --- where things live -------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -28,7 +33,9 @@ class Settings(BaseSettings):
 
     # --- access ------------------------------------------------------------------------
     api_keys: str = ""
-    """Comma-separated bearer keys for /v1 routes; empty = open (development)."""
+    """Comma-separated bearer keys for /v1 routes, each ``key`` or ``key:account`` (the
+    customer the operator issued it to: an account's keys share one training-data cap and one
+    set of quotas; a key without an account is its own); empty = open (development)."""
     admin_token: str = ""
     """Bearer token for /admin routes; empty = admin routes refuse every call."""
     user_hmac_key: str = ""
@@ -36,20 +43,24 @@ class Settings(BaseSettings):
 
     # --- trust and quotas (issue 12, serving side; README "Trust and quotas") --------------
     trusted_api_keys: str = ""
-    """Comma-separated bearer keys of trusted back ends: accepted like RLHF_API_KEYS and the
-    only keys whose feedback may name the rater with a `user` field. Other callers rate through
-    the answer's `feedback_token` (rater = the answer's end user) or as their own key."""
+    """Comma-separated bearer keys of trusted back ends (``key`` or ``key:account``, as
+    RLHF_API_KEYS; an account's keys are all trusted or none): accepted like RLHF_API_KEYS and
+    the only keys whose feedback may name the rater with a `user` field. Other callers rate
+    through the answer's `feedback_token` (rater = the answer's end user) or as their own key."""
     feedback_token_ttl_s: int = 3600
     """Lifetime of the signed `feedback_token` returned with every choice."""
     rate_limit_generation_key: str = "20000/minute"
-    """Generation requests per API key (per client address when open). `limits` notation
+    """Generation requests per API key (all keys of one `key:account` account share it; per
+    client address when open). `limits` notation
     ("N/second|minute|hour|day", several separated by ';'); empty = no limit."""
     rate_limit_generation_tokens_key: str = "2000000/minute"
-    """Tokens per API key: each request is charged prompt + n * max_tokens up front."""
+    """Tokens per API key (shared by an account's keys): each request is charged prompt +
+    n * max_tokens up front."""
     rate_limit_generation_user: str = "120/minute"
     """Generation requests per end user (the request's `user`)."""
     rate_limit_feedback_key: str = "6000/minute"
-    """Feedback events per API key (a feedback_token counts against the key that got it)."""
+    """Feedback events per API key (shared by an account's keys; a feedback_token counts
+    against the key that got it)."""
     rate_limit_feedback_rater: str = "120/minute"
     """Feedback events per rater."""
     max_request_bytes: int = 1_048_576
@@ -69,11 +80,13 @@ class Settings(BaseSettings):
     """Largest `n` (choices per request)."""
     # --- sybil resistance (issue 12; README "Trust and quotas"; worker/datasets.py) --------
     max_key_share: float = 0.25
-    """No single API key (the key that asked for the answers voted on) may contribute more than
-    this fraction of a training set's votes, however many end-user pseudonyms it minted;
-    RLHF_TRUSTED_API_KEYS and answers without a key (open API) are exempt; >= 1 = off."""
+    """No single account (of the API key that asked for the answers voted on; all keys of one
+    `key:account` account together, a key without an account alone) may contribute more than
+    this fraction of a training set's votes, however many end-user pseudonyms or keys it
+    used; trusted accounts (RLHF_TRUSTED_API_KEYS) and answers without a key (open API) are
+    exempt; >= 1 = off."""
     min_key_cap: int = 10
-    """Each key keeps at least this many votes (small data sets)."""
+    """Each account keeps at least this many votes (small data sets)."""
     # --- end sybil resistance -----------------------------------------------------------------
     # --- end trust and quotas ---------------------------------------------------------------
 
@@ -205,9 +218,17 @@ class Settings(BaseSettings):
     snapshot_lock_ttl_s: int = 300
     """Expiry of the short lock around a snapshot write / a user erasure."""
 
+    @model_validator(mode="after")
+    def _check_keys(self):
+        # At load, so a malformed key list stops a server or worker at start with the entry
+        # named, instead of turning into 401s or a wrong training-data cap later.
+        check_key_lists(self.api_keys, self.trusted_api_keys)
+        return self
+
     @property
     def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        """The keys of RLHF_API_KEYS, without their accounts."""
+        return [k for k, _ in parse_keys(self.api_keys, "RLHF_API_KEYS")]
 
     @property
     def models_dir(self) -> Path:

@@ -33,6 +33,9 @@ class ServedAnswer(StoredAnswer):
     principal: str | None = None
     """Pseudonym of the API key that asked for it (None: open API, or stored before keys were
     recorded): a key may only rate answers it produced."""
+    account: str | None = None
+    """Pseudonym of that key's account when it was asked (None: no key, or stored before
+    accounts): the worker caps each account's share of the training votes by it."""
 
 
 class StoreUnavailable(Exception):

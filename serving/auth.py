@@ -7,7 +7,9 @@ listen elsewhere without keys unless ``--insecure``); every caller is then treat
 
 Pseudonyms: a key is never stored or logged; its pseudonym (keyed HMAC with a sub-key of the
 deployment's HMAC key) is the caller's *principal*: it owns the answers it produced, is the
-rater of last resort, and names its quotas.
+rater of last resort. Its *account* (``key:account`` entries, common/identity.py; a key
+without one is its own account) names its quotas and is recorded with its answers, so the
+worker caps an account's share of the training votes across all its keys.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from common.identity import key_pseudonym, trusted_keys
+from common.identity import key_account, key_pseudonym, trusted_keys
 from serving.errors import ApiError
 
 
@@ -55,6 +57,8 @@ class Caller:
     trusted: bool
     """May name the rater with `user` (trusted back-end key, or open mode)."""
     open: bool
+    account: str | None = None
+    """Pseudonym of the key's account (= the principal for a key without an account)."""
 
 
 def _missing_key(extra: str = "") -> ApiError:
@@ -69,8 +73,8 @@ def authenticate(request: Request, key_optional: bool = False) -> Caller | None:
     settings = request.app.state.settings
     token = bearer(request.headers.get("authorization"))
     if is_open(settings):
-        return Caller(key_pseudonym(token, settings) if token else None,
-                      token is not None, True, True)
+        principal = key_pseudonym(token, settings) if token else None
+        return Caller(principal, token is not None, True, True, principal)
     if token is None:
         if key_optional:
             return None
@@ -79,7 +83,9 @@ def authenticate(request: Request, key_optional: bool = False) -> Caller | None:
     if not (trusted or _matches(token, settings.api_key_list)):
         raise ApiError(401, "invalid API key", "invalid_request_error", "invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
-    return Caller(key_pseudonym(token, settings), True, trusted, False)
+    # a dict lookup on the key only after it matched: it reveals nothing the match did not
+    return Caller(key_pseudonym(token, settings), True, trusted, False,
+                  key_account(token, settings))
 
 
 async def require_api_key(request: Request) -> str | None:

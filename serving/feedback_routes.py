@@ -8,7 +8,7 @@ Who may rate, and as whom (issue 12, "votes bound to the answer's audience"):
 - a ``user`` field names the rater only for trusted back-end keys (``RLHF_TRUSTED_API_KEYS``,
   or everyone while the API is open); anyone else sending one gets 403.
 One vote per rater and target (the latest wins). Quotas: events per rater and per key (429 +
-Retry-After). Idempotency: ``Idempotency-Key`` header or ``idempotency_key`` body field, scoped
+Retry-After; the keys of one account share the per-key budget). Idempotency: ``Idempotency-Key`` header or ``idempotency_key`` body field, scoped
 to the key (and, for token callers, the rater); a retry returns the first result with
 ``duplicate: true``. A batch is all-or-nothing, idempotency conflicts included.
 """
@@ -26,11 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from redis.exceptions import RedisError
 
 from common.events import FeedbackEvent
+from common.identity import accounts_by_principal
 from serving import feedback_token
 from serving.answer_store import ServedAnswer, StoreUnavailable
 from serving.auth import Caller, authenticate, missing_key_or_token
 from serving.errors import ApiError, describe_validation, error_responses
 from serving.feedback_store import Accepted, PendingEvent, body_hash
+from serving.quotas import SHARED
 
 # No router-level dependencies and no typed body parameters here on purpose: FastAPI's
 # dependency solving was ~30% of the CPU of a feedback call (profiled), and ingest is the
@@ -140,6 +142,8 @@ class Rater:
     principal: str | None
     """The key the vote is charged to (and idempotency keys are scoped to)."""
     idem_scope: str
+    account: str | None = None
+    """That key's account: names the per-key feedback quota."""
 
 
 def _resolve(request: Request, caller: Caller | None, ids: list[str], user: str | None,
@@ -166,7 +170,9 @@ def _resolve(request: Request, caller: Caller | None, ids: list[str], user: str 
             raise _forbidden("this feedback_token was issued to another API key",
                              "not_your_answer", "feedback_token")
         rater = settings.pseudonymise(user) if user else first.rater
-        return Rater(rater, first.principal, f"{first.principal or '-'}|{rater}")
+        # the token names the key; its account is today's (a token holds no account claim)
+        account = accounts_by_principal(settings).get(first.principal, first.principal)
+        return Rater(rater, first.principal, f"{first.principal or '-'}|{rater}", account)
     if caller is None:  # token-only caller (a batch item without a token)
         raise missing_key_or_token()
     if not caller.open:
@@ -181,7 +187,7 @@ def _resolve(request: Request, caller: Caller | None, ids: list[str], user: str 
         stored = {a.user for a in answers}
         rater = (stored.pop() if len(stored) == 1 and None not in stored
                  else caller.principal or "anonymous")
-    return Rater(rater, caller.principal, caller.principal or "-")
+    return Rater(rater, caller.principal, caller.principal or "-", caller.account)
 
 
 def _idem_key(header: str | None, body: str | None, scope: str) -> str | None:
@@ -214,11 +220,11 @@ async def _charge(request: Request, raters: list[Rater]) -> None:
         return
     client = request.client.host if request.client else "?"
     per_rater = Counter(r.rater for r in raters)
-    per_key = Counter(r.principal or f"ip:{client}" for r in raters)
+    per_key = Counter(r.account or f"ip:{client}" for r in raters)
     await quotas.charge(
         [("rate_limit_feedback_rater", k, n, "feedback events per rater")
          for k, n in per_rater.items()]
-        + [("rate_limit_feedback_key", k, n, "feedback events per API key")
+        + [("rate_limit_feedback_key", k, n, f"feedback events per API key{SHARED}")
            for k, n in per_key.items()])
 
 

@@ -33,6 +33,8 @@ class Prepared:
     created: int = field(default_factory=lambda: int(time.time()))
     principal: str | None = None
     """Pseudonym of the API key that asked (set by the route): it owns the answers."""
+    account: str | None = None
+    """Pseudonym of that key's account (set by the route): its quotas, recorded on the answers."""
 
     def response_id(self, index: int) -> str:
         return self.request_id if index == 0 else f"{self.request_id}_{index}"
@@ -140,7 +142,7 @@ def sampling_params(prep: Prepared, stream: bool):
 
 def stored_answer(prep: Prepared, version: str, index: int, text: str,
                   finish_reason: str | None, n_tokens: int) -> ServedAnswer:
-    return ServedAnswer(principal=prep.principal,
+    return ServedAnswer(principal=prep.principal, account=prep.account,
         response_id=prep.response_id(index), request_id=prep.request_id,
         model_version=version, kind=prep.kind, messages=prep.messages, prompt=prep.prompt,
         prompt_key=prep.prompt_key, text=text, finish_reason=finish_reason,

@@ -32,6 +32,7 @@ from serving.errors import ApiError, error_responses
 from serving.generation import (Prepared, prepare_chat, prepare_completion, sampling_params,
                                 stored_answer, usage)
 from serving.openai_schemas import MAX_N, ChatRequest, CompletionRequest
+from serving.quotas import SHARED
 
 log = logging.getLogger("rlhf.openai")
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -49,14 +50,16 @@ async def _admit(request: Request, prep: Prepared) -> str:
     state = request.app.state
     caller = getattr(request.state, "caller", None)
     prep.principal = caller.principal if caller else None
+    prep.account = caller.account if caller else None
     if state.quotas is not None:
-        key = prep.principal or f"ip:{request.client.host if request.client else '?'}"
+        # per account: the keys of one customer share one budget (common/identity.py)
+        key = prep.account or f"ip:{request.client.host if request.client else '?'}"
         cost = len(prep.prompt_ids) + prep.sampling["n"] * prep.max_tokens
         checks = [("rate_limit_generation_user", prep.user, 1, "requests per end user")] \
             if prep.user else []
-        checks += [("rate_limit_generation_key", key, 1, "requests per API key"),
+        checks += [("rate_limit_generation_key", key, 1, f"requests per API key{SHARED}"),
                    ("rate_limit_generation_tokens_key", key, cost,
-                    "tokens per API key (prompt + n x max_tokens)")]
+                    f"tokens per API key{SHARED} (prompt + n x max_tokens)")]
         await state.quotas.charge(checks)
     return feedback_token.issue(state.settings, prep.request_id, prep.sampling["n"],
                                 prep.principal, prep.user)

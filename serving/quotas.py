@@ -2,7 +2,9 @@
 
 Rate limits (the maintained, async ``limits`` library, counters in Redis under the deployment's
 prefix, sliding-window counters): generation requests and tokens per API key, generation
-requests per end user, feedback events per key and per rater. Over a limit: 429 with
+requests per end user, feedback events per key and per rater. "Per key" is per *account*: the
+keys of one ``key:account`` account (common/identity.py) share one budget, so extra keys of one
+customer buy no extra volume; a key without an account is its own. Over a limit: 429 with
 ``Retry-After`` (seconds). A request that alone needs more than a whole window's budget gets 400
 (waiting would not help). When Redis cannot be reached the limits are not enforced (logged):
 completions keep being served without Redis, as everywhere else in the server.
@@ -25,6 +27,9 @@ from common.keys import KEYS
 from serving.errors import ApiError, error_response
 
 log = logging.getLogger("rlhf.quotas")
+
+SHARED = " (shared by the keys of one account)"
+"""Said in the 429 of a per-key quota: another key of the account may have used it up."""
 
 
 def parse_limits(text: str, setting: str) -> list[RateLimitItem]:

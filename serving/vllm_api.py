@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from serving import feedback_token
 from serving.answer_store import ServedAnswer
 from serving.errors import ApiError, describe_validation
+from serving.quotas import SHARED
 
 log = logging.getLogger("rlhf.vllm_api")
 
@@ -105,6 +106,8 @@ class RequestCtx:
     calls: list[Call] = field(default_factory=list)
     error: ApiError | None = None
     charged: bool = False
+    account: str | None = None
+    """The key's account: names the generation quotas, recorded on the answers."""
 
 
 CTX: ContextVar[RequestCtx | None] = ContextVar("rlhf_request_ctx", default=None)
@@ -228,12 +231,12 @@ async def _charge(ctx: RequestCtx, request, prompt_lens: list[int], max_model_le
     for plen in prompt_lens:
         left = max(0, max_model_len - plen)
         cost += plen + n * (min(asked, left) if asked else left)
-    key = ctx.principal or f"ip:{ctx.client_host}"
+    key = ctx.account or f"ip:{ctx.client_host}"   # the keys of one account share a budget
     checks = [("rate_limit_generation_user", ctx.user, 1, "requests per end user")] \
         if ctx.user else []
-    checks += [("rate_limit_generation_key", key, 1, "requests per API key"),
+    checks += [("rate_limit_generation_key", key, 1, f"requests per API key{SHARED}"),
                ("rate_limit_generation_tokens_key", key, cost,
-                "tokens per API key (prompt + n x max_tokens)")]
+                f"tokens per API key{SHARED} (prompt + n x max_tokens)")]
     await quotas.charge(checks)
 
 
@@ -390,7 +393,8 @@ class Flow:
                     key = _prompt_key(payload)
                 n_completion += call.tokens.get(i, 0)
                 answers.append(LabelledAnswer(
-                    principal=self.ctx.principal, response_id=self.rid(index),
+                    principal=self.ctx.principal, account=self.ctx.account,
+                    response_id=self.rid(index),
                     request_id=self.response_id, model_version=call.label(i),
                     kind="completion" if self.kind == "completion" else "chat",
                     messages=messages, prompt=prompt, prompt_key=key,
@@ -418,7 +422,8 @@ def _ctx(request: Request) -> RequestCtx:
     caller = getattr(request.state, "caller", None)
     settings = request.app.state.settings
     return RequestCtx(request.app.state, caller.principal if caller else None, None,
-                      request.client.host if request.client else "?")
+                      request.client.host if request.client else "?",
+                      account=caller.account if caller else None)
 
 
 def _check_model(body: dict, state) -> None:

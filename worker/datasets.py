@@ -4,16 +4,19 @@ Rules (each counted in `stats`, so a run says what it dropped and why):
 - one vote per (rater, target): the latest wins;
 - answers from versions the registry does not know are dropped (stale or forged ids);
 - no rater contributes more than `max_rater_share` of the votes (their most recent are kept);
-- no API key contributes more than `max_key_share` of the votes (issue 12, sybil resistance;
-  `None` = off). A vote's key is the `principal` the server stored on the answers it rates (the
-  pseudonym of the key that asked for them): one key can mint any number of end-user pseudonyms
-  (`user` on its chat requests), so the rater cap alone does not bound it. Votes on answers without
-  a principal (open API, older answers) and on answers of `exempt_keys` (pseudonyms of the trusted
-  back ends, RLHF_TRUSTED_API_KEYS) are not capped. The cap is water-filled: the largest per-key
-  count c such that every capped key's share of the votes *kept* is at most the share (most recent
-  votes kept), floored at `min_key_cap`. Without exempt votes it is at least 1/(number of keys),
-  since K < 1/share keys cannot each stay under it: a single ordinary key is not capped at all.
-  Keys are issued by the operator; many keys of one actor are many actors here (README, "Sybil");
+- no account contributes more than `max_key_share` of the votes (issue 12, sybil resistance;
+  `None` = off). A vote's account is that of the key that asked for the answers it rates
+  (`vote_account`): one key can mint any number of end-user pseudonyms (`user` on its chat
+  requests), so the rater cap alone does not bound it, and one customer can hold many keys, so
+  the cap is per account (`key:account` in RLHF_API_KEYS, common/identity.py; a key without an
+  account is its own). Votes on answers without a principal (open API, older answers) and of
+  `exempt_accounts` (the trusted back ends, RLHF_TRUSTED_API_KEYS) are not capped. The cap is
+  water-filled: the largest per-account count c such that every capped account's share of the
+  votes *kept* is at most the share (most recent votes kept), floored at `min_key_cap`. Without
+  exempt votes it is at least 1/(number of accounts), since A < 1/share accounts cannot each stay
+  under it: a single ordinary account is not capped at all. Keys and accounts are issued by the
+  operator: keys put in different accounts are different actors here (README, "Sybil"). The
+  stats keep their key-era names (`keys_capped`, `key_cap`, ...): they count accounts;
 - comparisons: a/b -> a pair; tie -> no pair (nothing to learn for Bradley-Terry);
   both_bad -> both answers become pointwise "down" examples;
 - thumbs: per answer the majority label; within one prompt every up-answer x down-answer
@@ -62,16 +65,29 @@ def is_heldout(prompt_key: str, fraction: float) -> bool:
     return bucket < fraction * 1000
 
 
-def vote_key(rec: dict) -> str | None:
-    """The API key (pseudonym) a vote is charged to: the principal of the answers it rates."""
-    keys = sorted({a.get("principal") for a in rec["answers"].values() if a and a.get("principal")})
-    return keys[0] if keys else None
+def answer_account(answer: dict, accounts) -> str | None:
+    """The account (pseudonym) an answer was asked for. Today's settings first (`accounts`: key
+    pseudonym -> account pseudonym), so keys the operator regroups into one account are grouped
+    in the whole history, older answers included; then the account the server recorded (a key
+    since removed from the settings); then the key itself (its own account); None: no key."""
+    principal = answer.get("principal")
+    if not principal:
+        return None
+    return accounts.get(principal) or answer.get("account") or principal
+
+
+def vote_account(rec: dict, accounts=None) -> str | None:
+    """The account a vote is charged to: that of the answers it rates (the first in sorted
+    order if two requests of different accounts are compared)."""
+    found = sorted({answer_account(a, accounts or {}) for a in rec["answers"].values() if a}
+                   - {None})
+    return found[0] if found else None
 
 
 def key_cap(counts: list[int], exempt: int, share: float, floor: int) -> int | None:
-    """Largest c such that c <= share * (exempt + sum(min(n, c))): no capped key holds more
-    than `share` of what is kept (None: no key needs capping). Without exempt votes, share is
-    raised to 1/len(counts) (fewer keys than 1/share cannot all stay under it)."""
+    """Largest c such that c <= share * (exempt + sum(min(n, c))): no capped account holds
+    more than `share` of what is kept (None: none needs capping). Without exempt votes, share
+    is raised to 1/len(counts) (fewer accounts than 1/share cannot all stay under it)."""
     if not counts:
         return None
     if exempt == 0:
@@ -86,11 +102,12 @@ def key_cap(counts: list[int], exempt: int, share: float, floor: int) -> int | N
     return max(lo, floor)
 
 
-def _cap_keys(votes: list[dict], share: float, exempt: set[str], floor: int, st: Counter) -> list[dict]:
-    per_key: dict[str, list[dict]] = defaultdict(list)
+def _cap_accounts(votes: list[dict], share: float, exempt: set[str], floor: int, st: Counter,
+                  accounts) -> list[dict]:
+    per_key: dict[str, list[dict]] = defaultdict(list)   # account -> its votes
     n_exempt = 0
     for rec in votes:
-        k = vote_key(rec)
+        k = vote_account(rec, accounts)
         if k is None or k in exempt:
             n_exempt += 1
         else:
@@ -107,27 +124,31 @@ def _cap_keys(votes: list[dict], share: float, exempt: set[str], floor: int, st:
         if len(recs) > cap:
             st["dropped_key_cap"] += len(recs) - cap
             st["keys_capped"] += 1
-            dropped.update(id(r) for r in recs[:-cap])   # keep each key's most recent votes
+            dropped.update(id(r) for r in recs[:-cap])   # keep each account's most recent votes
     return [r for r in votes if id(r) not in dropped]
 
 
 def key_cap_args(settings) -> dict:
-    """build_training_sets arguments of the per-key cap from the deployment's settings:
-    RLHF_MAX_KEY_SHARE (>= 1 = off) and the pseudonyms of RLHF_TRUSTED_API_KEYS (exempt; the
-    worker needs the same keys and HMAC key as the servers to recognise them)."""
-    from common.identity import key_pseudonym, trusted_keys
+    """build_training_sets arguments of the per-account cap from the deployment's settings:
+    RLHF_MAX_KEY_SHARE (>= 1 = off), the accounts of RLHF_TRUSTED_API_KEYS (exempt) and the
+    key -> account map of both key lists (the worker needs the same keys and HMAC key as the
+    servers to recognise them; answers also record their account, for keys since removed)."""
+    from common.identity import accounts_by_principal, trusted_accounts
     share = settings.max_key_share
     return {"max_key_share": share if share < 1 else None,
-            "exempt_keys": frozenset(key_pseudonym(k, settings) for k in trusted_keys(settings)),
+            "exempt_accounts": trusted_accounts(settings),
+            "accounts": dict(accounts_by_principal(settings)),
             "min_key_cap": settings.min_key_cap}
 
 
 def build_training_sets(records: list[dict], known_versions: set[str],
                         max_rater_share: float = 0.25, heldout_fraction: float = 0.2,
                         min_rater_cap: int = 10, is_new=None, max_key_share: float | None = None,
-                        exempt_keys=frozenset(), min_key_cap: int = 10) -> TrainingSets:
+                        exempt_accounts=frozenset(), min_key_cap: int = 10,
+                        accounts=None) -> TrainingSets:
     """`is_new(record) -> bool` marks this run's own feedback (default: none is new).
-    `max_key_share`/`exempt_keys`: the per-key cap (module docstring; `key_cap_args(settings)`)."""
+    `max_key_share`/`exempt_accounts`/`accounts`: the per-account cap (module docstring;
+    `key_cap_args(settings)`)."""
     out = TrainingSets()
     st = out.stats
     # 1. latest vote per (rater, target) wins; stream ids order events within Redis
@@ -162,7 +183,8 @@ def build_training_sets(records: list[dict], known_versions: set[str],
             st["dropped_rater_cap"] += len(recs) - cap
         capped += recs[-cap:]
     if max_key_share is not None:
-        capped = _cap_keys(capped, max_key_share, set(exempt_keys), min_key_cap, st)
+        capped = _cap_accounts(capped, max_key_share, set(exempt_accounts), min_key_cap, st,
+                               accounts or {})
     st["votes_used"] = len(capped)
 
     # 4. turn votes into examples

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from common.identity import parse_keys
 from demo.stack import free_port, stop_process_group  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,9 +79,9 @@ def running_server(env: dict[str, str], model_dir: str | Path | None = None,
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    keys = [k for k in env.get("RLHF_API_KEYS", "").split(",") if k.strip()]
+    keys = [k for k, _ in parse_keys(env.get("RLHF_API_KEYS", ""))]   # `key:account` -> key
     srv = RunningServer(f"http://127.0.0.1:{port}", port, proc, log_path,
-                        keys[0].strip() if keys else None)
+                        keys[0] if keys else None)
     try:
         deadline = time.monotonic() + startup_timeout_s
         while True:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import redis as sync_redis
 
+from common.identity import account_pseudonym
 from common.keys import KEYS
 from common.settings import Settings
 from serving import feedback_token, openai_routes
@@ -356,6 +357,38 @@ def test_generation_tokens_quota(db_url, tmp_path):
     first, second = run(s, scenario)
     assert first.status_code == 200 and second.status_code == 429  # 62 + 62 > 100
     assert "tokens per API key" in second.json()["error"]["message"]
+
+
+def test_a_key_of_an_account_authenticates_alone_and_shares_the_accounts_quotas(db_url, r,
+                                                                             tmp_path):
+    """`key:account` entries: the bearer is the key part; the answer records the key (its
+    owner) and the account (the worker's training-data cap); the account's keys share the
+    per-key quotas, feedback included."""
+    s = settings_for(db_url, tmp_path, api_keys=f"{KEY}:acme,{OTHER}:acme,key-c",
+                     rate_limit_generation_key="2/minute", rate_limit_feedback_key="1/minute")
+    msg = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+
+    async def scenario(c):
+        whole = await c.post("/v1/chat/completions", headers=auth(f"{KEY}:acme"), json=msg)
+        (a,) = await chat(c, key=KEY)
+        (b,) = await chat(c, key=OTHER)
+        third = await c.post("/v1/chat/completions", headers=auth(OTHER), json=msg)
+        own = await c.post("/v1/chat/completions", headers=auth("key-c"), json=msg)
+        votes = [await c.post("/v1/feedback", json={"response_id": x["response_id"],
+                                                    "rating": "up",
+                                                    "feedback_token": x["feedback_token"]})
+                 for x in (a, b)]
+        return whole, a, third, own, votes
+
+    whole, a, third, own, votes = run(s, scenario)
+    assert whole.status_code == 401, whole.text
+    stored = json.loads(r.get(KEYS.answer(a["response_id"])))
+    assert stored["principal"] == key_pseudonym(KEY, s)
+    assert stored["account"] == account_pseudonym("acme", s)
+    assert third.status_code == 429, third.text            # KEY and OTHER: 2 requests of acme
+    assert "shared by the keys of one account" in third.json()["error"]["message"]
+    assert own.status_code == 200                          # key-c is its own account
+    assert [v.status_code for v in votes] == [200, 429]    # one feedback event for acme
 
 
 def test_caps_on_request_size_are_clear_4xx(db_url, tmp_path):
