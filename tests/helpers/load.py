@@ -5,6 +5,7 @@ failures and benches can measure time-to-first-answer from a new version.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -13,13 +14,18 @@ import httpx
 
 class ChatLoad:
     def __init__(self, base_url: str, clients: int = 3, max_tokens: int = 4,
-                 temperature: float | None = None, headers: dict | None = None):
+                 temperature: float | None = None, headers: dict | None = None,
+                 stream_clients: int = 0):
+        """`stream_clients` more clients stream their answers (SSE, read as fast as they come);
+        their version is the one on the choice that carries the finish reason."""
         self.base_url, self.max_tokens, self.temperature = base_url.rstrip("/"), max_tokens, temperature
         self.headers = headers or {}
         self.records: list[tuple[float, float, str, int]] = []
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        self.threads += [threading.Thread(target=self._run_stream, args=(clients + i,), daemon=True)
+                         for i in range(stream_clients)]
 
     @property
     def ok(self) -> int:
@@ -29,11 +35,39 @@ class ChatLoad:
     def versions(self) -> set[str]:
         return {r[2] for r in self.records if r[3] == 200}
 
-    def _run(self, i: int) -> None:
+    def _body(self, i: int) -> dict:
         body = {"model": "policy", "max_tokens": self.max_tokens,
                 "messages": [{"role": "user", "content": f"Say something about the number {i}."}]}
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        return body
+
+    def _run_stream(self, i: int) -> None:
+        body = {**self._body(i), "stream": True}
+        with httpx.Client(timeout=120, headers=self.headers) as h:
+            while not self.stop.is_set():
+                t0, version, status = time.perf_counter(), "error", 0
+                try:
+                    with h.stream("POST", self.base_url + "/v1/chat/completions", json=body) as r:
+                        status = r.status_code
+                        done = False
+                        for line in r.iter_lines():
+                            if line == "data: [DONE]":
+                                done = True
+                            elif line.startswith("data: ") and status == 200:
+                                for c in json.loads(line[6:]).get("choices", []):
+                                    if c.get("finish_reason"):
+                                        version = c.get("model_version", "?")
+                        if status != 200 or not done:
+                            self.failures.append(f"{status} stream {'without [DONE]' if status == 200 else ''}")
+                            status = status if status != 200 else 0
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    status = 0
+                self.records.append((t0, time.perf_counter(), version if status == 200 else "error", status))
+
+    def _run(self, i: int) -> None:
+        body = self._body(i)
         with httpx.Client(timeout=120, headers=self.headers) as h:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
