@@ -1,11 +1,17 @@
 """Feedback ingest: events/s and latency with N concurrent clients through our HTTP API.
 
     .venv/bin/python bench/bench_ingest.py [--seconds 10] [--concurrency 4,8,32] [--batch 10,20]
+                                           [--ingest-workers N]
 
 Starts a private redis-server (AOF on, appendfsync everysec) and a real ``rlhf serve`` on the
 tiny model, creates answers, then drives POST /v1/feedback (one event per request) and
 POST /v1/feedback/batch (``--batch`` events per request) with a raw keep-alive HTTP client in
 a separate process. Writes bench/results/ingest.json.
+
+``--ingest-workers N`` (N > 0) also starts ``rlhf ingest --workers N`` on another port against
+the same Redis and drives the feedback load at it instead (the answers are still created
+through ``rlhf serve``, which stays up, idle, as in a deployment); 0 (default) = the feedback
+routes of ``rlhf serve`` itself. The result's ``path`` says which.
 
 Trust settings (issue 12): the bench posts votes with a `user` field, as a product's back end
 would, so its key is a trusted back-end key (RLHF_TRUSTED_API_KEYS; others get 403 for `user`),
@@ -23,6 +29,7 @@ import random
 import shutil
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,13 +74,16 @@ def main() -> int:
     ap.add_argument("--concurrency", default="4,8,32")
     ap.add_argument("--batch", default="10,20", help="events per batch request (list)")
     ap.add_argument("--answers", type=int, default=256)
+    ap.add_argument("--ingest-workers", type=int, default=0,
+                    help="N > 0: post feedback to `rlhf ingest --workers N` (own port, same "
+                         "Redis) instead of to `rlhf serve`")
     args = ap.parse_args()
 
     import httpx
     import redis
 
     from common.keys import KEYS
-    from tests.helpers.server import running_server
+    from tests.helpers.server import running_ingest, running_server
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     model = args.model
@@ -84,6 +94,9 @@ def main() -> int:
                "machine": machine_facts(), "model": model,
                "redis": "private redis-server, appendonly yes, appendfsync everysec",
                "server": "one `rlhf serve` process (uvicorn, uvloop, httptools)",
+               "path": (f"rlhf ingest --workers {args.ingest_workers}" if args.ingest_workers
+                        else "rlhf serve"),
+               "ingest_workers": args.ingest_workers,
                "client": "raw HTTP/1.1 keep-alive, asyncio+uvloop, separate process",
                "trust": "one trusted back-end key naming the rater with `user`; per-key "
                         "feedback quota off, per-rater quota on",
@@ -93,7 +106,7 @@ def main() -> int:
                    RLHF_API_KEYS=API_KEY, RLHF_TRUSTED_API_KEYS=API_KEY,
                    RLHF_RATE_LIMIT_FEEDBACK_KEY="", RLHF_MAX_MODEL_LEN="256",
                    RLHF_TEST_LOG_LEVEL="warning")
-        with running_server(env, model_dir=model, log_dir=tmp) as srv:
+        with running_server(env, model_dir=model, log_dir=tmp) as srv, ExitStack() as stack:
             ids: list[str] = []
             with httpx.Client(timeout=120, headers=srv.headers()) as c:
                 while len(ids) < args.answers:
@@ -110,17 +123,26 @@ def main() -> int:
                 "response_id": rng.choice(ids), "rating": rng.choice(["up", "down"]),
                 "user": f"user{rng.randrange(10_000)}"} for _ in range(b)]}).encode(),
                 auth) for _ in range(256)] for b in [int(x) for x in args.batch.split(",")]}
+            target = srv  # where the feedback load goes
+            if args.ingest_workers:
+                target = stack.enter_context(running_ingest(env, workers=args.ingest_workers,
+                                                            log_dir=tmp))
+                results["server"] += (f"; feedback to `rlhf ingest --workers "
+                                      f"{args.ingest_workers}` (uvicorn workers, own port)")
+            # both server groups: the idle `rlhf serve`'s share shows it is out of the path
             watch = group_pids(srv.proc.pid) + [private_redis.pid]
-            warmup = measure(srv.port, single, 8, 2.0, 1)
+            if target is not srv:
+                watch += group_pids(target.proc.pid)
+            warmup = measure(target.port, single, 8, 2.0, 1)
             results["warmup_events"] = warmup["requests"]
             for conc in [int(x) for x in args.concurrency.split(",")]:
-                run = measure(srv.port, single, conc, args.seconds, 1, watch)
+                run = measure(target.port, single, conc, args.seconds, 1, watch)
                 run["route"] = "/v1/feedback"
                 results["runs"].append(run)
                 print(json.dumps(run))
             for b, reqs in batches.items():
                 for conc in [int(x) for x in args.concurrency.split(",")]:
-                    run = measure(srv.port, reqs, conc, args.seconds, b, watch)
+                    run = measure(target.port, reqs, conc, args.seconds, b, watch)
                     run["route"] = "/v1/feedback/batch"
                     results["runs"].append(run)
                     print(json.dumps(run))

@@ -24,6 +24,13 @@ class Keys:
     def answer(self, response_id: str) -> str:
         return f"{self.prefix}:answer:{response_id}"
 
+    @property
+    def answers_flushing(self) -> str:
+        """Set, with a short TTL, while a server writes the answers it buffered while Redis
+        was unreachable: a response id missing now may appear within seconds, so feedback on
+        it is a 503 + Retry-After rather than a 404 (serving/answer_store.py)."""
+        return f"{self.prefix}:flushing"
+
     # feedback: append-only stream (the training side's source of truth)
     @property
     def feedback_stream(self) -> str:

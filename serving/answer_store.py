@@ -5,6 +5,12 @@ returned must still be rateable later. Answers that cannot be written go to a bo
 (oldest dropped first, counted in metrics, only if it overflows) and a background task flushes
 them as soon as Redis answers again. Lookups check the buffer first, so feedback on an answer
 given during the outage works as soon as Redis is back.
+
+Other processes (another replica, `rlhf ingest`) see a buffered answer only once it is flushed.
+Each flush batch also sets ``KEYS.answers_flushing`` (TTL ``FLUSHING_TTL_S``) in the same
+pipeline, so a lookup that misses while some server is still flushing is told "not written yet,
+retry" (503 + Retry-After) instead of "unknown" (404). What no flag can cover: from Redis's
+return to the flusher's first write (its 1 s tick) a missing buffered answer is still a 404.
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ from common.keys import KEYS
 from serving.metrics import Metrics
 
 log = logging.getLogger("rlhf.answers")
+
+FLUSHING_TTL_S = 10
+"""How long after a flush batch a missing answer is still reported as "not written yet"."""
 
 # Recently stored answers kept in memory: feedback usually arrives on fresh answers, and this
 # saves a Redis round trip per feedback call. Answers are immutable, so the cache is exact.
@@ -83,8 +92,10 @@ class AnswerStore:
         self._wake.set()
         return False
 
-    async def _write(self, answers: list[StoredAnswer]) -> None:
+    async def _write(self, answers: list[StoredAnswer], flushing: bool = False) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
+            if flushing:  # before the batch: the answers still buffered after it are covered
+                pipe.set(KEYS.answers_flushing, "1", ex=FLUSHING_TTL_S)
             for a in answers:
                 pipe.set(KEYS.answer(a.response_id), a.model_dump_json(), ex=self.ttl_s)
             await pipe.execute()
@@ -119,12 +130,20 @@ class AnswerStore:
                 found[rid] = ServedAnswer.model_validate_json(raw) if raw else None
         return found
 
+    async def being_flushed(self) -> bool:
+        """Is some server still writing answers it buffered during a Redis outage? (Asked only
+        after a miss: one GET on the 404 path, nothing on the hot path.)"""
+        try:
+            return bool(await self.redis.exists(KEYS.answers_flushing))
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
     async def flush_pending(self) -> int:
         """Write buffered answers (in batches); returns how many were written."""
         written = 0
         while self._pending:
             batch = list(self._pending.values())[:500]
-            await self._write(batch)  # raises RedisError while still down
+            await self._write(batch, flushing=True)  # raises RedisError while still down
             for a in batch:
                 self._pending.pop(a.response_id, None)
             written += len(batch)

@@ -11,10 +11,8 @@ import asyncio
 import gc
 import logging
 import socket
-import time
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
@@ -22,11 +20,9 @@ from redis.exceptions import RedisError
 from common.settings import Settings
 from serving import admin_routes, feedback_routes, openai_routes, vllm_api
 from serving.answer_store import AnswerStore
-from serving.errors import install_error_handlers
+from serving.app_setup import finish_app, new_app, redis_client
 from serving.feedback_store import FeedbackStore
 from serving.hotswap import HotSwapper, resolve_startup
-from serving.metrics import Metrics, MetricsMiddleware
-from serving.quotas import BodyLimitMiddleware, Quotas
 
 log = logging.getLogger("rlhf.app")
 
@@ -36,21 +32,15 @@ def engine_metrics() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    # Short timeouts: a dead Redis must cost a request milliseconds, not the default minutes.
-    return aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
-                             max_connections=256)
-
-
 def create_app(settings: Settings | None = None, model: str | None = None,
                replica_id: str | None = None, port: int | None = None) -> FastAPI:
     settings = settings or Settings()
-    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from serving.engine import Engine  # heavy import (vllm) only when serving
 
+        metrics = app.state.metrics
         version, path = resolve_startup(settings, model)
         engine = await Engine.start(settings, version, path)
         # vLLM's own OpenAI handlers on our engine (serving/vllm_api.py says why not its app)
@@ -87,20 +77,14 @@ def create_app(settings: Settings | None = None, model: str | None = None,
             await redis.aclose()
             engine.shutdown()
 
-    app = FastAPI(title="rlhf-live serving", lifespan=lifespan)
-    app.state.settings, app.state.metrics = settings, metrics
-    app.state.started_at = time.time()
+    # shared with `rlhf ingest` (serving/app_setup.py): state, error handlers, UI, CORS, caps
+    app = new_app(settings, "rlhf-live serving", lifespan)
     app.state.vllm = None  # vLLM's serving handlers, built at start-up (None: stub engine)
-    app.state.quotas = Quotas(settings)  # rate limits (Redis via `limits`); connects lazily
-    install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(openai_routes.root_router)  # /tokenize, /detokenize (as vllm serve)
     app.include_router(feedback_routes.router)
     app.include_router(admin_routes.router)
-    from serving import ui_routes  # /ui: chat page, console, feedback widget (issue 14)
-    ui_routes.install(app, settings)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s too
+    finish_app(app, settings)  # /ui (issue 14), widget CORS, body cap, metrics (outermost)
 
     @app.get("/health", responses={503: {"description": "the engine died: this replica "
                                                "must be restarted (same body, status dead)"}})

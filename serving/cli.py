@@ -1,4 +1,5 @@
-"""``rlhf serve``: run the API server (uvicorn, one process embedding the engine)."""
+"""``rlhf serve``: run the API server (uvicorn, one process embedding the engine).
+``rlhf ingest``: run the feedback routes alone in N uvicorn worker processes (no engine)."""
 from __future__ import annotations
 
 import ipaddress
@@ -19,6 +20,18 @@ def add_commands(sub) -> None:
                         "can generate and vote as any user")
     p.set_defaults(handler=_serve)
 
+    p = sub.add_parser("ingest", help="serve the feedback routes alone (/v1/feedback*, "
+                                      "/v1/comparisons) in N processes, without the engine")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--workers", type=int, default=2,
+                   help="uvicorn worker processes sharing the port (about one core each)")
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback address with no API keys "
+                        "(anyone who reaches the port can vote as any user)")
+    p.set_defaults(handler=_ingest)
+
 
 def is_loopback(host: str) -> bool:
     if host.strip().lower() == "localhost":
@@ -30,7 +43,7 @@ def is_loopback(host: str) -> bool:
 
 
 def insecure_bind_refusal(host: str, settings, insecure: bool) -> str | None:
-    """Why `rlhf serve` must not start (None: it may)."""
+    """Why `rlhf serve` / `rlhf ingest` must not start (None: it may)."""
     from serving.auth import is_open
 
     if insecure or is_loopback(host) or not is_open(settings):
@@ -66,5 +79,33 @@ def _serve(args) -> int:
             else "API keys configured")
     app = create_app(settings, model=args.model, replica_id=args.replica_id, port=args.port)
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+                log_level=args.log_level, timeout_graceful_shutdown=10, access_log=False)
+    return 0
+
+
+def _ingest(args) -> int:
+    import logging
+
+    from common.settings import Settings
+
+    if args.workers < 1:
+        print("rlhf ingest: --workers must be at least 1", file=sys.stderr)
+        return 2
+    settings = Settings()  # also validates the environment before any worker starts
+    refusal = insecure_bind_refusal(args.host, settings, args.insecure)
+    if refusal:
+        print(f"rlhf ingest: {refusal}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.insecure and not is_loopback(args.host):
+        logging.getLogger("rlhf.ingest").warning("--insecure: ingest on %s", args.host)
+    # A factory import string, not an app object: uvicorn's workers are separate processes
+    # (spawned), each builds its own app, Redis pool and quota client from the environment.
+    uvicorn.run("serving.ingest_app:create_ingest_app", factory=True, workers=args.workers,
+                host=args.host, port=args.port, loop="uvloop", http="httptools",
                 log_level=args.log_level, timeout_graceful_shutdown=10, access_log=False)
     return 0

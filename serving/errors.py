@@ -25,7 +25,7 @@ _WHY = {400: "over a cap or the context length, or a request bigger than a whole
         403: "not allowed: another key's answer, or `user` from an untrusted key",
         404: "unknown model or response id", 413: "request body over RLHF_MAX_REQUEST_BYTES",
         422: "malformed body", 429: "over a rate limit (see Retry-After)",
-        503: "Redis unavailable (see Retry-After)"}
+        503: "Redis unavailable, or the answer not written to it yet (see Retry-After)"}
 
 
 def error_responses(*codes: int) -> dict:

@@ -208,6 +208,18 @@ async def _lookup(request: Request, ids: list[str]) -> dict[str, ServedAnswer]:
         raise _unavailable(exc) from exc
     missing = [i for i in ids if found.get(i) is None]
     if missing:
+        # An answer a server buffered while Redis was down (serving/answer_store.py) reaches
+        # Redis only when that server flushes it: another process (`rlhf ingest`, another
+        # replica) misses it until then. While a flush is under way say so: retry, not gone.
+        try:
+            flushing = await request.app.state.answers.being_flushed()
+        except StoreUnavailable as exc:
+            raise _unavailable(exc) from exc
+        if flushing:
+            raise ApiError(503, f"response_id {missing[0]!r} is not in the answer store yet: "
+                           "answers held during a Redis outage are being written; retry",
+                           "server_error", "answer_not_written_yet", "response_id",
+                           headers={"Retry-After": RETRY_AFTER_S})
         raise ApiError(404, f"unknown response_id {missing[0]!r} (never returned, or expired)",
                        code="response_not_found", param="response_id")
     return found  # type: ignore[return-value]

@@ -8,6 +8,10 @@
 
 CORS (``RLHF_UI_CORS_ORIGINS``, off by default) is applied to the widget's paths only: the
 widget script, the feedback routes and vote-state; never /admin and never generation.
+
+The widget's own routes (script, stylesheet, vote-state) are a router of their own, also served
+by ``rlhf ingest`` (serving/ingest_app.py): the widget takes one base URL for all of them and
+its votes, so pointing it at an ingest port must find them there too.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ _FILES = {  # url name -> (file, media type); nothing else under static/ is reac
 _NO_STORE = {"Cache-Control": "no-cache"}
 
 router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False)
+widget_router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False)
 
 
 def _page(name: str) -> FileResponse:
@@ -66,13 +71,23 @@ async def asset(name: str):
     return FileResponse(STATIC / file, media_type=media, headers=_NO_STORE)
 
 
+@widget_router.get("/feedback.js")
+async def widget_script():
+    return await asset("feedback.js")
+
+
+@widget_router.get("/feedback.css")
+async def widget_style():
+    return await asset("feedback.css")
+
+
 class VoteStateIn(BaseModel):
     feedback_token: str | list[str] = Field(description="the answers' feedback_token(s)")
     targets: list[str] = Field(min_length=1, max_length=20,
                                description="response ids, or 'a|b' for a pair")
 
 
-@router.post("/api/vote-state")
+@widget_router.post("/api/vote-state")
 async def vote_state(request: Request):
     """The token holder's latest recorded vote on each target (null: none yet)."""
     try:
@@ -130,10 +145,13 @@ class _PathCORS:
         return await self.app(scope, receive, send)
 
 
-def install(app: FastAPI, settings) -> None:
-    """Add the UI routes (unless RLHF_UI_ENABLED=false) and the widget's CORS (if configured)."""
+def install(app: FastAPI, settings, pages: bool = True) -> None:
+    """Add the UI routes (unless RLHF_UI_ENABLED=false; the chat page and console only if
+    `pages`: not on an ingest process) and the widget's CORS (if configured)."""
     if settings.ui_enabled:
-        app.include_router(router)
+        app.include_router(widget_router)
+        if pages:
+            app.include_router(router)
     origins = [o.strip() for o in settings.ui_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(_PathCORS, origins=origins, paths=CORS_PATHS)

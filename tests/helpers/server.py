@@ -55,6 +55,23 @@ class RunningServer:
         return httpx.get(self.url + "/health", timeout=10).json()
 
 
+def wait_healthy(srv: RunningServer, what: str, timeout_s: float, poll_s: float) -> None:
+    """Until /health answers 200; raises with the log's tail if the process exits first or
+    `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if srv.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {srv.proc.returncode}:\n{srv.log_tail()}")
+        try:
+            if httpx.get(srv.url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not healthy after {timeout_s}s:\n{srv.log_tail()}")
+        time.sleep(poll_s)
+
+
 @contextmanager
 def running_server(env: dict[str, str], model_dir: str | Path | None = None,
                    port: int | None = None, extra_args: list[str] | None = None,
@@ -83,23 +100,44 @@ def running_server(env: dict[str, str], model_dir: str | Path | None = None,
     srv = RunningServer(f"http://127.0.0.1:{port}", port, proc, log_path,
                         keys[0] if keys else None)
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"rlhf serve exited with {proc.returncode}:\n"
-                                   f"{srv.log_tail()}")
-            try:
-                if httpx.get(srv.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rlhf serve not healthy after {startup_timeout_s}s:\n"
-                                   f"{srv.log_tail()}")
-            time.sleep(0.5)
+        wait_healthy(srv, "rlhf serve", startup_timeout_s, 0.5)
         yield srv
     except BaseException:
         own_log_dir = False  # keep the log of a failed run for whoever debugs it
+        raise
+    finally:
+        stop_process_group(proc)
+        if own_log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@contextmanager
+def running_ingest(env: dict[str, str], workers: int = 2, port: int | None = None,
+                   startup_timeout_s: float = 60.0, log_dir: str | Path | None = None):
+    """Run ``rlhf ingest --workers N`` until the block exits; yields a ``RunningServer`` once
+    /health is OK. Stopped with its process group (the uvicorn supervisor and its workers)."""
+    port = port or free_port()
+    env = dict(env, PYTHONUNBUFFERED="1")
+    # `python -m cli.main` from REPO, not the venv's `rlhf` script: the code of this checkout
+    # even when the venv's editable install points at another one (a git worktree)
+    env["PYTHONPATH"] = str(REPO) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "cli.main", "ingest", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers),
+           "--log-level", env.get("RLHF_TEST_LOG_LEVEL", "info")]
+    own_log_dir = log_dir is None  # ours to remove after a clean run
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="rlhf-ingest-"))
+    log_path = log_dir / f"ingest-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    keys = [k for k, _ in parse_keys(env.get("RLHF_API_KEYS", ""))]
+    srv = RunningServer(f"http://127.0.0.1:{port}", port, proc, log_path,
+                        keys[0] if keys else None)
+    try:
+        wait_healthy(srv, "rlhf ingest", startup_timeout_s, 0.2)
+        yield srv
+    except BaseException:
+        own_log_dir = False  # keep the log of a failed run
         raise
     finally:
         stop_process_group(proc)
