@@ -118,6 +118,8 @@ class DPOConfig(PolicyConfig):
     lr: float = 5e-6
     beta: float = 0.1                 # strength of the implicit KL constraint (higher = stays closer to anchor)
     label_smoothing: float = 0.0      # assumed share of flipped labels (conservative DPO); 0 = plain DPO
+    rpo_alpha: float = 0.0            # weight of the chosen answers' per-token NLL added to the loss
+                                      # (RPO, Pang et al. 2024): keeps preferred answers likely; 0 = plain DPO
     epochs: int = 2                   # passes over the pairs
     batch_size: int = 8               # pairs per optimizer step
     micro_batch_size: int = 8         # pairs per forward/backward (gradient accumulation)

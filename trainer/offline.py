@@ -46,12 +46,16 @@ def run_dpo(job: PolicyJob, config: DPOConfig = DPOConfig(), progress: Progress 
         for micro in _chunks(batch, config.micro_batch_size):
             prompts = [examples[i][0] for i in micro]
             with autocast(run.device):
-                pc, _ = run.logprobs(run.actor, prompts, [examples[i][1] for i in micro])
+                pc, nc = run.logprobs(run.actor, prompts, [examples[i][1] for i in micro])
                 pr, _ = run.logprobs(run.actor, prompts, [examples[i][2] for i in micro])
             idx = torch.tensor(micro, device=pc.device)
             weight = torch.tensor([examples[i][3] for i in micro], device=pc.device)
             loss, stats = prm.dpo_loss(pc.float(), pr.float(), ref_c[idx].float(), ref_r[idx].float(),
                                        config.beta, config.label_smoothing, weight)
+            if config.rpo_alpha:
+                nll = prm.rpo_nll(pc.float(), nc, weight)
+                loss = loss + config.rpo_alpha * nll
+                stats["chosen_nll"] = nll.item()
             (loss * len(micro) / len(batch)).backward()   # gradient accumulation over micro-batches
             for k, v in {"loss": loss.item(), **stats}.items():
                 sums[k] = sums.get(k, 0.0) + v * len(micro) / len(batch)

@@ -116,3 +116,18 @@ def test_adaptive_kl_state_round_trip_and_resume():
     assert fixed.update(100.0, 10) == 0.3 and fixed.state() == {"kind": "fixed", "value": 0.3}
     with pytest.raises(ValueError):
         pm.kl_controller_from_state({"kind": "pid", "value": 1.0})
+
+
+def test_rpo_nll_known_values():
+    # per-token NLL: 4/2 = 2 and 9/3 = 3
+    chosen, tokens = torch.tensor([-4.0, -9.0]), torch.tensor([2.0, 3.0])
+    assert prm.rpo_nll(chosen, tokens).item() == pytest.approx(2.5)
+    assert prm.rpo_nll(chosen, tokens, torch.tensor([1.0, 3.0])).item() == pytest.approx((2 + 9) / 4)
+    # an empty answer (EOS-less, 0 tokens) does not divide by zero
+    assert prm.rpo_nll(torch.tensor([0.0]), torch.tensor([0.0])).item() == 0.0
+
+
+def test_rpo_nll_gradient_raises_the_chosen_log_prob():
+    chosen = torch.tensor([-6.0], requires_grad=True)
+    prm.rpo_nll(chosen, torch.tensor([3.0])).backward()
+    assert chosen.grad.item() == pytest.approx(-1 / 3)   # descent raises log π(y_c)
