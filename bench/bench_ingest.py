@@ -154,7 +154,9 @@ def main() -> int:
                 x["requests"] * x["events_per_request"] for x in results["runs"])
     results["target"] = {"events_per_s": 5000, "p99_ms": 20}
     shutil.rmtree(tmp, ignore_errors=True)
-    print("wrote", write_result("ingest", results))
+    # one file per path, so a run through `rlhf serve` and one through `rlhf ingest` sit side by side
+    print("wrote", write_result("ingest" if not args.ingest_workers else f"ingest-{args.ingest_workers}w",
+                                results))
     return 0
 
 
