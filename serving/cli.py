@@ -53,30 +53,39 @@ def insecure_bind_refusal(host: str, settings, insecure: bool) -> str | None:
             "API on the network anyway")
 
 
-def _serve(args) -> int:
-    # vLLM starts its engine process with spawn; `rlhf` is a console script whose __main__ is
-    # guarded, so the child does not re-run this handler.
+def _start(command: str, args):
+    """Settings checked, the bind refused or allowed, logging set up: (settings, uvicorn) or
+    None after printing why not (shared by `rlhf serve` and `rlhf ingest`)."""
     import logging
 
     from common.settings import Settings
 
-    settings = Settings()
+    settings = Settings()  # validates the environment before anything starts
     refusal = insecure_bind_refusal(args.host, settings, args.insecure)
     if refusal:
-        print(f"rlhf serve: {refusal}", file=sys.stderr)
-        return 2
-
+        print(f"rlhf {command}: {refusal}", file=sys.stderr)
+        return None
     import uvicorn
-
-    from serving.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.insecure and not is_loopback(args.host):
-        logging.getLogger("rlhf.serve").warning(
-            "--insecure: serving on %s with %s", args.host,
+        logging.getLogger(f"rlhf.{command}").warning(
+            "--insecure: listening on %s with %s", args.host,
             "no API keys (open API)" if insecure_bind_refusal(args.host, settings, False)
             else "API keys configured")
+    return settings, uvicorn
+
+
+def _serve(args) -> int:
+    # vLLM starts its engine process with spawn; `rlhf` is a console script whose __main__ is
+    # guarded, so the child does not re-run this handler.
+    started = _start("serve", args)
+    if started is None:
+        return 2
+    settings, uvicorn = started
+    from serving.app import create_app
+
     app = create_app(settings, model=args.model, replica_id=args.replica_id, port=args.port)
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                 log_level=args.log_level, timeout_graceful_shutdown=10, access_log=False)
@@ -84,25 +93,13 @@ def _serve(args) -> int:
 
 
 def _ingest(args) -> int:
-    import logging
-
-    from common.settings import Settings
-
     if args.workers < 1:
         print("rlhf ingest: --workers must be at least 1", file=sys.stderr)
         return 2
-    settings = Settings()  # also validates the environment before any worker starts
-    refusal = insecure_bind_refusal(args.host, settings, args.insecure)
-    if refusal:
-        print(f"rlhf ingest: {refusal}", file=sys.stderr)
+    started = _start("ingest", args)
+    if started is None:
         return 2
-
-    import uvicorn
-
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.insecure and not is_loopback(args.host):
-        logging.getLogger("rlhf.ingest").warning("--insecure: ingest on %s", args.host)
+    _, uvicorn = started
     # A factory import string, not an app object: uvicorn's workers are separate processes
     # (spawned), each builds its own app, Redis pool and quota client from the environment.
     uvicorn.run("serving.ingest_app:create_ingest_app", factory=True, workers=args.workers,
