@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -181,65 +180,6 @@ def measure(port, conc, seconds, max_tokens, stream, watch=()) -> dict:
 
 
 # ---------------------------------------------------------------- servers
-def _wait_healthy(proc, url, log_path, timeout_s):
-    import httpx
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{_tail(log_path)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"server not healthy after {timeout_s}s:\n{_tail(log_path)}")
-        time.sleep(0.5)
-
-
-def _tail(path, n=40):
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def vllm_command(model: str, port: int) -> list[str]:
-    e = ENGINE
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            "--host", "127.0.0.1", "--port", str(port), "--dtype", e["dtype"],
-            "--enforce-eager", "--max-model-len", str(e["max_model_len"]),
-            "--gpu-memory-utilization", str(e["gpu_memory_utilization"]),
-            "--max-num-seqs", str(e["max_num_seqs"]), "--enable-prefix-caching",
-            "--served-model-name", e["served_model_name"], "--generation-config", "vllm",
-            "--disable-log-stats", "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
-
-
-class VLLMServer:
-    """vLLM's OpenAI server in its own process group; the whole group is killed on exit."""
-
-    def __init__(self, model, env, log_dir, startup_timeout_s=400):
-        from tests.helpers.server import free_port
-        self.port = free_port()
-        self.cmd = vllm_command(model, self.port)
-        self.env, self.log_path, self.timeout = env, Path(log_dir) / f"vllm-{self.port}.log", startup_timeout_s
-
-    def __enter__(self):
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            _wait_healthy(self.proc, f"http://127.0.0.1:{self.port}/health", self.log_path, self.timeout)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        from tests.helpers.server import stop_process_group
-        stop_process_group(self.proc)
-
-
 def run_server_suite(port, pgid, args) -> list[dict]:
     watch = group_pids(pgid)
     # identical warm-up for both servers: a few seconds of both modes at moderate concurrency
@@ -275,9 +215,11 @@ def run_ours(model, env, tmp, args) -> tuple[list[dict], dict]:
 
 
 def run_raw(model, env, tmp, args) -> tuple[list[dict], dict]:
-    with VLLMServer(model, env, tmp) as srv:
-        runs = run_server_suite(srv.port, srv.proc.pid, args)
-    return runs, {"command": " ".join(srv.cmd)}
+    from tests.helpers.vllm_server import running_vllm_serve, vllm_command
+    with running_vllm_serve(model, env, tmp, ENGINE) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        runs = run_server_suite(port, proc.pid, args)
+    return runs, {"command": " ".join(vllm_command(model, port, ENGINE))}
 
 
 def ratios(ours: list[dict], raw: list[dict]) -> list[dict]:
