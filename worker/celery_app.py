@@ -9,6 +9,10 @@ Why these settings:
   that memory and never lets a worker hoard a second job it cannot start.
 - visibility_timeout above the hard time limit: otherwise Redis hands a still-running job to
   another worker and it runs twice.
+- no remote control, gossip or mingle (`rlhf worker` passes --without-gossip --without-mingle):
+  nothing here uses `celery inspect/control`, revokes or worker clocks (status lives in Redis
+  under our prefix), and their fanout bindings left `_kombu.binding_deadlines`, a key outside the
+  deployment's prefix, in a shared Redis after every demo.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         # and the trigger task ran every few seconds: 657 celery-task-meta-* keys were left in a
         # shared Redis, outside the deployment's prefix, after one demo run.
         task_ignore_result=True,
+        worker_enable_remote_control=False,
         task_default_queue=CONTROL_QUEUE,
         task_routes={
             "worker.tasks.retrain": {"queue": TRAINING_QUEUE},

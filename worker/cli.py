@@ -52,7 +52,8 @@ def _worker(args) -> int:
     from common.keys import KEYS
     queues = args.queues or f"{KEYS.training_queue},{KEYS.control_queue}"
     return _celery(["worker", "-Q", queues, "--concurrency", str(args.concurrency),
-                    "--pool", "prefork", "--loglevel", args.loglevel, "-n", f"rlhf-{os.getpid()}@%h"])
+                    "--pool", "prefork", "--loglevel", args.loglevel, "-n", f"rlhf-{os.getpid()}@%h",
+                    "--without-gossip", "--without-mingle"])  # see worker/celery_app.py
 
 
 def _beat(args) -> int:

@@ -39,6 +39,9 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
     # no process of the demo survives it, and its Redis namespace is gone
     assert _processes_with_env_value(str(out)) == []
     assert not list(redis.Redis.from_url(redis_url).scan_iter(match="*demo1*"))
+    # ... and nothing outside it either (Celery's fanout bindings used to leave
+    # `_kombu.binding_deadlines` behind): this Redis was empty before the demo
+    assert list(redis.Redis.from_url(redis_url).scan_iter()) == []
 
 
 def _processes_with_env_value(fragment: str) -> list[int]:
