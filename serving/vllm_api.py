@@ -43,12 +43,9 @@ from serving import feedback_token
 from serving.answer_store import ServedAnswer
 from serving.errors import ApiError, describe_validation
 from serving.quotas import SHARED
+from serving.vllm_checks import check_caps, reject_unknown_fields, validate_body
 
 log = logging.getLogger("rlhf.vllm_api")
-
-# request fields handled by our layer rather than passed to vLLM
-_OURS = {"user"}
-
 
 class LabelledAnswer(ServedAnswer):
     """A stored answer plus the engine's weight-version spans of its tokens."""
@@ -240,74 +237,6 @@ async def _charge(ctx: RequestCtx, request, prompt_lens: list[int], max_model_le
     await quotas.charge(checks)
 
 
-# ---- request checks -------------------------------------------------------------------------
-def _unsupported(body: dict, model_cls, extra_ok: set[str] = frozenset()) -> None:
-    names = set()
-    for fname, f in model_cls.model_fields.items():
-        names.add(fname)
-        if f.alias:
-            names.add(f.alias)
-    unknown = sorted(set(body) - names - _OURS - set(extra_ok))
-    if unknown:
-        raise ApiError(400, f"unsupported parameter{'s' if len(unknown) > 1 else ''}: "
-                       f"{', '.join(unknown)} (not supported by this server's vLLM "
-                       f"{model_cls.__name__}; it would be ignored)",
-                       code="unsupported_parameter", param=unknown[0])
-
-
-def _caps(body: dict, settings) -> None:
-    def bad(msg, param):
-        return ApiError(400, msg, code="request_too_large", param=param)
-
-    n = body.get("n") or 1
-    if isinstance(n, int) and n > settings.max_n:
-        raise bad(f"n={n} is above this server's limit of {settings.max_n} choices "
-                  "(RLHF_MAX_N)", "n")
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else (stop or [])
-    if isinstance(stops, list):
-        if len(stops) > settings.max_stop_sequences:
-            raise bad(f"{len(stops)} stop sequences; at most {settings.max_stop_sequences} "
-                      "(RLHF_MAX_STOP_SEQUENCES)", "stop")
-        for s in stops:
-            if isinstance(s, str) and len(s) > settings.max_stop_chars:
-                raise bad(f"a stop sequence has {len(s)} characters; at most "
-                          f"{settings.max_stop_chars} (RLHF_MAX_STOP_CHARS)", "stop")
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        v = body.get(name)
-        if isinstance(v, int) and v > settings.max_tokens_limit:
-            raise bad(f"{name}={v} is above this server's limit of "
-                      f"{settings.max_tokens_limit} (RLHF_MAX_TOKENS_LIMIT)", name)
-    msgs = body.get("messages")
-    if isinstance(msgs, list):
-        if len(msgs) > settings.max_messages:
-            raise bad(f"{len(msgs)} messages; at most {settings.max_messages} per request "
-                      "(RLHF_MAX_MESSAGES)", "messages")
-        for i, m in enumerate(msgs):
-            c = m.get("content") if isinstance(m, dict) else None
-            text = c if isinstance(c, str) else json.dumps(c or "")
-            _chars(text, settings, f"messages[{i}].content")
-    for name in ("prompt", "input", "instructions"):
-        v = body.get(name)
-        if v is not None:
-            _chars(v if isinstance(v, str) else json.dumps(v), settings, name)
-
-
-def _chars(text: str, settings, param: str) -> None:
-    if len(text) > settings.max_message_chars:
-        raise ApiError(400, f"{param} has {len(text)} characters; at most "
-                       f"{settings.max_message_chars} per message (RLHF_MAX_MESSAGE_CHARS)",
-                       code="request_too_large", param=param)
-
-
-def _validate(model_cls, body: dict):
-    try:
-        return model_cls.model_validate(body)
-    except ValidationError as exc:
-        message, param = describe_validation(exc.errors())
-        raise ApiError(422, message, code="invalid_body", param=param) from None
-
-
 def _prompt_key(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False,
                                      default=str).encode()).hexdigest()[:32]
@@ -420,7 +349,6 @@ class Flow:
 
 def _ctx(request: Request) -> RequestCtx:
     caller = getattr(request.state, "caller", None)
-    settings = request.app.state.settings
     return RequestCtx(request.app.state, caller.principal if caller else None, None,
                       request.client.host if request.client else "?",
                       account=caller.account if caller else None)
@@ -466,10 +394,10 @@ async def chat(request: Request, body: dict):
 
     state = request.app.state
     _check_model(body, state)
-    _validate(ChatRequest, body)  # our stricter checks (roles, ranges): clear 422s
-    _unsupported(body, ChatCompletionRequest)
-    _caps(body, state.settings)
-    req = _validate(ChatCompletionRequest, body)
+    validate_body(ChatRequest, body)  # our stricter checks (roles, ranges): clear 422s
+    reject_unknown_fields(body, ChatCompletionRequest)
+    check_caps(body, state.settings)
+    req = validate_body(ChatCompletionRequest, body)
     if req.max_tokens is None and req.max_completion_tokens is None:
         req.max_tokens = state.settings.default_max_tokens  # capped by the context left
     hexid = uuid.uuid4().hex
@@ -487,11 +415,11 @@ async def completion(request: Request, body: dict):
 
     state = request.app.state
     _check_model(body, state)
-    _unsupported(body, CompletionRequest)
-    _caps(body, state.settings)
+    reject_unknown_fields(body, CompletionRequest)
+    check_caps(body, state.settings)
     if body.get("prompt") in (None, "", []):
         raise ApiError(422, "prompt must not be empty", code="invalid_body", param="prompt")
-    req = _validate(CompletionRequest, body)
+    req = validate_body(CompletionRequest, body)
     if req.max_tokens is None:
         req.max_tokens = state.settings.default_max_tokens
     hexid = uuid.uuid4().hex
@@ -586,9 +514,9 @@ async def responses(request: Request, body: dict):
 
     state = request.app.state
     _check_model(body, state)
-    _unsupported(body, ResponsesRequest)
-    _caps(body, state.settings)
-    req = _validate(ResponsesRequest, body)
+    reject_unknown_fields(body, ResponsesRequest)
+    check_caps(body, state.settings)
+    req = validate_body(ResponsesRequest, body)
     if req.max_output_tokens is None:
         req.max_output_tokens = state.settings.default_max_tokens
     ctx = _ctx(request)
@@ -635,7 +563,7 @@ async def tokenize(request: Request, body: dict, detokenize: bool = False):
     _check_model(body, state)
     handler = state.vllm.serving_tokenization
     if detokenize:
-        req = _validate(DetokenizeRequest, body)
+        req = validate_body(DetokenizeRequest, body)
         result = await _run(lambda: handler.create_detokenize(req, request), _ctx(request))
     else:
         from pydantic import TypeAdapter

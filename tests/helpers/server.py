@@ -73,6 +73,34 @@ def wait_healthy(srv: RunningServer, what: str, timeout_s: float, poll_s: float)
 
 
 @contextmanager
+def _running(what: str, cmd: list[str], env: dict[str, str], port: int, startup_timeout_s: float,
+             poll_s: float, log_dir: str | Path | None):
+    """Start `cmd` in its own process group, log to a file, yield a ``RunningServer`` once
+    /health is OK; stop the whole group on exit. A clean run's own log folder is removed; a
+    failed run's log is kept for whoever debugs it."""
+    own_log_dir = log_dir is None
+    name = what.split()[-1]
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"rlhf-{name}-"))
+    log_path = log_dir / f"{name}-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    keys = [k for k, _ in parse_keys(env.get("RLHF_API_KEYS", ""))]   # `key:account` -> key
+    srv = RunningServer(f"http://127.0.0.1:{port}", port, proc, log_path,
+                        keys[0] if keys else None)
+    try:
+        wait_healthy(srv, what, startup_timeout_s, poll_s)
+        yield srv
+    except BaseException:
+        own_log_dir = False
+        raise
+    finally:
+        stop_process_group(proc)
+        if own_log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@contextmanager
 def running_server(env: dict[str, str], model_dir: str | Path | None = None,
                    port: int | None = None, extra_args: list[str] | None = None,
                    startup_timeout_s: float = 240.0, log_dir: str | Path | None = None):
@@ -90,25 +118,8 @@ def running_server(env: dict[str, str], model_dir: str | Path | None = None,
     if model_dir is not None:
         cmd += ["--model", str(model_dir)]
     cmd += list(extra_args or [])
-    own_log_dir = log_dir is None  # ours to remove after a clean run
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="rlhf-serve-"))
-    log_path = log_dir / f"serve-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    keys = [k for k, _ in parse_keys(env.get("RLHF_API_KEYS", ""))]   # `key:account` -> key
-    srv = RunningServer(f"http://127.0.0.1:{port}", port, proc, log_path,
-                        keys[0] if keys else None)
-    try:
-        wait_healthy(srv, "rlhf serve", startup_timeout_s, 0.5)
+    with _running("rlhf serve", cmd, env, port, startup_timeout_s, 0.5, log_dir) as srv:
         yield srv
-    except BaseException:
-        own_log_dir = False  # keep the log of a failed run for whoever debugs it
-        raise
-    finally:
-        stop_process_group(proc)
-        if own_log_dir:
-            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @contextmanager
@@ -124,22 +135,5 @@ def running_ingest(env: dict[str, str], workers: int = 2, port: int | None = Non
     cmd = [sys.executable, "-m", "cli.main", "ingest", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers),
            "--log-level", env.get("RLHF_TEST_LOG_LEVEL", "info")]
-    own_log_dir = log_dir is None  # ours to remove after a clean run
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="rlhf-ingest-"))
-    log_path = log_dir / f"ingest-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    keys = [k for k, _ in parse_keys(env.get("RLHF_API_KEYS", ""))]
-    srv = RunningServer(f"http://127.0.0.1:{port}", port, proc, log_path,
-                        keys[0] if keys else None)
-    try:
-        wait_healthy(srv, "rlhf ingest", startup_timeout_s, 0.2)
+    with _running("rlhf ingest", cmd, env, port, startup_timeout_s, 0.2, log_dir) as srv:
         yield srv
-    except BaseException:
-        own_log_dir = False  # keep the log of a failed run
-        raise
-    finally:
-        stop_process_group(proc)
-        if own_log_dir:
-            shutil.rmtree(log_dir, ignore_errors=True)
