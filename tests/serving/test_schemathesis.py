@@ -53,7 +53,7 @@ def stub_app(settings: Settings):
     from serving.answer_store import AnswerStore
     from serving.app import create_app, redis_client
     from serving.feedback_store import FeedbackStore
-    from tests.serving.test_trust import StubEngine
+    from tests.serving.trust_harness import StubEngine
 
     # sampling_params imports vllm; the stub engine reads the prepared sampling dict instead
     openai_routes.sampling_params = lambda prep, stream: prep.sampling | {"max_tokens": prep.max_tokens}
