@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     ppo_overrides: str = "{}"
     """JSON object of PPOConfig fields to override (e.g. '{"steps": 4}'); used when algorithm=ppo."""
     algorithm: str = "dpo"
-    """Policy algorithm of this deployment: ppo | rloo | dpo | online_dpo | kto (trainer/algorithms.py).
+    """Policy algorithm of this deployment: ppo | rloo | dpo | online_dpo | raft | kto (trainer/algorithms.py).
     dpo is the default from bench/bench_algorithms.py (bench/README.md): the fastest round, no RM to
     fall to chance, the least drift; no algorithm held a measured win over v0 there in 3 rounds."""
     algorithm_overrides: str = "{}"

@@ -56,7 +56,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RLHF_DATA_DIR/demo-<time>)")
     p.add_argument("--rounds", type=int, help="override the preset's retrain rounds")
     p.add_argument("--interactions", type=int, help="override chats per round")
-    p.add_argument("--algorithm", help="policy algorithm: ppo | rloo | dpo | online_dpo | kto")
+    p.add_argument("--algorithm", help="policy algorithm: ppo | rloo | dpo | online_dpo | raft | kto")
     p.add_argument("--policy-config", default="{}", help="JSON overrides of the algorithm's config")
     p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig (algorithm ppo)")
     p.add_argument("--rm", default="{}", help="JSON overrides of RMConfig")
@@ -142,52 +142,61 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
     console.print(f"[bold]rlhf demo[/] model={model} out={out} preference={pref.name} preset={asdict(preset)}")
     rounds: list[dict] = []
     started = time.time()
-    with Stack(out / "logs", env) as stack:
-        env["RLHF_REDIS_URL"] = stack.ensure_redis(base.redis_url)
-        stack.env = env
-        settings = Settings(redis_url=env["RLHF_REDIS_URL"], data_dir=out / "data")
-        console.print(f"redis: {env['RLHF_REDIS_URL']} (key prefix {os.environ['RLHF_KEY_PREFIX']})")
-        stack.rlhf("server", "serve", "--model", str(model), "--port", str(port))
-        stack.rlhf("worker", "worker")
-        stack.rlhf("beat", "beat")
-        base_url = f"http://127.0.0.1:{port}"
-        with console.status("starting the API server (vLLM engine) ..."):
-            stack.wait_http(f"{base_url}/health", timeout=600, what="API server")
-        users = Users(base_url, api_key, make_population(preset.n_users, seed, pref.name), prompts["train"],
-                      preset.max_tokens, seed)
-        console.print(f"server up in {time.time() - started:.0f}s, serving {users.served_version()}")
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn()]
-        for rnd in range(1, preset.rounds + 1):
-            res = RoundResult(rnd, served_before=users.served_version())
-            runs_before = history_len(settings)
-            with Progress(*columns, console=console) as prog:
-                chat = prog.add_task(f"round {rnd}: users chatting + rating", total=preset.interactions_per_round)
-                sent, errors = users.run_round(preset.interactions_per_round, preset.concurrency,
-                                               lambda _s: prog.advance(chat))
-                res.interactions, res.feedback_events, res.errors = preset.interactions_per_round, sent, errors
-                train = prog.add_task("waiting for the pipeline", total=7)
+    settings = None
+    try:
+        with Stack(out / "logs", env) as stack:
+            env["RLHF_REDIS_URL"] = stack.ensure_redis(base.redis_url)
+            stack.env = env
+            settings = Settings(redis_url=env["RLHF_REDIS_URL"], data_dir=out / "data")
+            console.print(f"redis: {env['RLHF_REDIS_URL']} (key prefix {os.environ['RLHF_KEY_PREFIX']})")
+            stack.rlhf("server", "serve", "--model", str(model), "--port", str(port))
+            stack.rlhf("worker", "worker")
+            stack.rlhf("beat", "beat")
+            base_url = f"http://127.0.0.1:{port}"
+            with console.status("starting the API server (vLLM engine) ..."):
+                stack.wait_http(f"{base_url}/health", timeout=600, what="API server")
+            users = Users(base_url, api_key, make_population(preset.n_users, seed, pref.name), prompts["train"],
+                          preset.max_tokens, seed)
+            console.print(f"server up in {time.time() - started:.0f}s, serving {users.served_version()}")
+            columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TimeElapsedColumn()]
+            for rnd in range(1, preset.rounds + 1):
+                res = RoundResult(rnd, served_before=users.served_version())
+                runs_before = history_len(settings)
+                with Progress(*columns, console=console) as prog:
+                    chat = prog.add_task(f"round {rnd}: users chatting + rating", total=preset.interactions_per_round)
+                    sent, errors = users.run_round(preset.interactions_per_round, preset.concurrency,
+                                                   lambda _s: prog.advance(chat))
+                    res.interactions, res.feedback_events, res.errors = preset.interactions_per_round, sent, errors
+                    train = prog.add_task("waiting for the pipeline", total=7)
 
-                def show(st):
-                    stack.check_alive()
-                    step = st.get("step") or "queued"
-                    detail = f" {st.get('stage', '')} {st.get('progress', 0)}/{st.get('total', 0)}" if st.get("total") else ""
-                    prog.update(train, completed=int(st.get("step_index") or 0),
-                                description=f"round {rnd}: pipeline {step}{detail}")
-                res.pipeline = wait_for_pipeline(settings, runs_before, preset.round_timeout_s, show)
-                prog.update(train, completed=7)
-            if res.pipeline.get("state") == "succeeded":
-                deadline = time.time() + 60
-                while users.served_version() != res.pipeline.get("version") and time.time() < deadline:
-                    time.sleep(0.5)
-            res.served_after = users.served_version()
-            console.print(f"round {rnd}: {sent} feedback events ({errors} errors) -> pipeline "
-                          f"{res.pipeline.get('state')} {res.pipeline.get('version', '')} "
-                          f"{res.pipeline.get('error', '')} | serving {res.served_after}")
-            rounds.append(asdict(res))
-        dump(rounds, out / "rounds.json")
-        loop_s = time.time() - started
-    _drop_namespace(settings)  # after the stack is down: beat can no longer enqueue into it
+                    def show(st):
+                        stack.check_alive()
+                        step = st.get("step") or "queued"
+                        detail = f" {st.get('stage', '')} {st.get('progress', 0)}/{st.get('total', 0)}" if st.get("total") else ""
+                        prog.update(train, completed=int(st.get("step_index") or 0),
+                                    description=f"round {rnd}: pipeline {step}{detail}")
+                    res.pipeline = wait_for_pipeline(settings, runs_before, preset.round_timeout_s, show)
+                    prog.update(train, completed=7)
+                if res.pipeline.get("state") == "succeeded":
+                    deadline = time.time() + 60
+                    while users.served_version() != res.pipeline.get("version") and time.time() < deadline:
+                        time.sleep(0.5)
+                res.served_after = users.served_version()
+                console.print(f"round {rnd}: {sent} feedback events ({errors} errors) -> pipeline "
+                              f"{res.pipeline.get('state')} {res.pipeline.get('version', '')} "
+                              f"{res.pipeline.get('error', '')} | serving {res.served_after}")
+                rounds.append(asdict(res))
+            dump(rounds, out / "rounds.json")
+            loop_s = time.time() - started
+    finally:
+        # after the stack is down (beat can no longer enqueue into it), and after an interrupt too:
+        # a stopped demo leaves nothing behind in a shared Redis either
+        if settings is not None:
+            try:
+                _drop_namespace(settings)
+            except Exception as exc:  # noqa: BLE001  never mask the run's own outcome
+                console.print(f"[yellow]could not remove the run's Redis keys ({exc!r})[/]")
     # Evaluation runs after the stack is down: it needs the CPU the server and workers held.
     registry = ModelRegistry(settings.models_dir)
     with console.status("scoring every version on held-out prompts ...") as st:

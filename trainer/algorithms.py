@@ -6,6 +6,7 @@ one entry point `train_policy(name, job, overrides)`.
 | ppo         | prompts, RM-scored samples           | yes          | yes    |
 | rloo        | prompts, k RM-scored samples each    | yes          | no     |
 | online_dpo  | prompts, 2 samples labelled by the RM| yes          | no     |
+| raft        | prompts, best of k RM-ranked samples | yes          | no     |
 | dpo         | human pairs                          | no           | no     |
 | kto         | thumbs (+ pair answers, optional)    | no           | no     |
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Callable
 
-from trainer.config import DPOConfig, KTOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig
+from trainer.config import DPOConfig, KTOConfig, OnlineDPOConfig, PPOConfig, RAFTConfig, RLOOConfig
 from trainer.policy_base import PolicyJob, Progress
 
 
@@ -43,6 +44,11 @@ def _online_dpo(job, config, progress):
     return run_online_dpo(job, config, progress=progress)
 
 
+def _raft(job, config, progress):
+    from trainer.rejection import run_raft
+    return run_raft(job, config, progress=progress)
+
+
 def _dpo(job, config, progress):
     from trainer.offline import run_dpo
     return run_dpo(job, config, progress=progress)
@@ -57,6 +63,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("ppo", PPOConfig, True, _ppo, uses_kl_controller=True, has_critic=True),
     Algorithm("rloo", RLOOConfig, True, _rloo, uses_kl_controller=True),
     Algorithm("online_dpo", OnlineDPOConfig, True, _online_dpo),
+    Algorithm("raft", RAFTConfig, True, _raft),
     Algorithm("dpo", DPOConfig, False, _dpo),
     Algorithm("kto", KTOConfig, False, _kto),
 ]}

@@ -140,6 +140,36 @@ class OnlineDPOConfig(PolicyConfig):
 
 
 @dataclass
+class RAFTConfig(PolicyConfig):
+    """Reward-ranked fine-tuning (RAFT, Dong et al. 2023; the rejection-sampling fine-tuning of
+    Llama 2): sample k answers per prompt from the served policy, score them with the RM, keep the
+    best healthy answer of each prompt (never a degenerate one, common/degeneracy.py), and fine-tune
+    on those by plain likelihood. Every target is an answer the policy itself wrote, fluent by
+    construction, so a round moves it towards its own best behaviour instead of pushing a margin
+    without bound (what made DPO on a few dozen pairs repeat itself in the demos)."""
+    lr: float = 1e-4
+    k: int = 6                        # answers sampled per prompt (the "n" of best-of-n)
+    max_prompts: Optional[int] = 48   # prompts sampled per run (a random subset); None = all
+    max_new_tokens: int = 64          # as long as the answers users get, so "finished in time" is learnable
+    require_eos: bool = True          # keep only answers that ended by themselves: a cut-off sample is no
+                                      # complete answer, and imitating it teaches the policy not to stop
+                                      # (measured: trained on 80% cut-off targets, the probe answer ran on
+                                      # into "la femme, la femme, ..." at KL 0.97)
+    epochs: int = 3                   # passes over the kept answers
+    batch_size: int = 8               # kept answers per optimizer step
+    micro_batch_size: int = 8         # answers per forward/backward
+    generation_batch_size: int = 32   # sequences per `generate` call (memory knob)
+    normalise_reward: bool = True     # use the RM's stored mean/std: (r - mean) / std
+    reward_clip: float = 5.0          # clip the (normalised) score to [-reward_clip, reward_clip]
+    missing_eos_penalty: float = 1.0  # subtracted from the score of answers cut off without EOS
+    min_advantage: float = 0.25       # keep a prompt's best answer only if it beats the mean of the
+                                      # others by this much (normalised RM units): where the RM sees
+                                      # no difference, there is nothing to learn but noise
+    drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
+                                      # not language (the tests' random tiny model: all "off the prompt")
+
+
+@dataclass
 class KTOConfig(PolicyConfig):
     """Kahneman–Tversky optimisation (Ethayarajh et al. 2024) from thumbs: desirable (up) and
     undesirable (down) answers, reference = anchor. Needs no reward model and no pairs."""

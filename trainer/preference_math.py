@@ -128,3 +128,22 @@ def kto_reference_point(policy_logp_mismatched: torch.Tensor, ref_logp_mismatche
     """z0 = max(0, mean(log π(y'|x) - log π_ref(y'|x))) over answers y' paired with *other*
     prompts x (the paper's biased but cheap KL estimate); detached: it only sets the level."""
     return (policy_logp_mismatched - ref_logp_mismatched).mean().detach().clamp(min=0)
+
+
+def best_of_group(scores: torch.Tensor, eligible: torch.Tensor, min_advantage: float = 0.0) -> list[tuple[int, int]]:
+    """Rejection sampling (RAFT, Dong et al. 2023; Llama 2's rejection-sampling fine-tuning): for
+    each prompt's k answers (row i of the (n, k) `scores`), the index of the best-scored answer
+    among the `eligible` ones (a boolean (n, k) mask: degenerate or cut-off answers are never
+    kept), if it beats the mean of *all* the prompt's other answers (what the policy usually
+    says, eligible or not) by more than `min_advantage`. Returns [(i, j)], in prompt order."""
+    out = []
+    k = scores.shape[1]
+    for i in range(scores.shape[0]):
+        ok = [j for j in range(k) if bool(eligible[i, j])]
+        if not ok or k < 2:
+            continue
+        best = max(ok, key=lambda j: float(scores[i, j]))
+        others = [float(scores[i, j]) for j in range(k) if j != best]
+        if float(scores[i, best]) - sum(others) / len(others) > min_advantage:
+            out.append((i, best))
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.trainer.synthetic import AnswerSampler, digit_count, prompts
 from trainer import algorithms
-from trainer.config import DPOConfig, KTOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig, RMConfig
+from trainer.config import DPOConfig, KTOConfig, OnlineDPOConfig, PPOConfig, RAFTConfig, RLOOConfig, RMConfig
 from trainer.evaluate import check_finite, generate_answers, kl_between
 from trainer.modeling import load_tokenizer
 from trainer.policy_base import META_FILE, PolicyJob
@@ -25,6 +25,9 @@ CONFIGS = {
     "rloo": RLOOConfig(steps=10, batch_size=16, k=2, micro_batch_size=32, lr=1e-3, init_kl_coef=0.05,
                        kl_target=4.0, **COMMON),
     "online_dpo": OnlineDPOConfig(steps=10, batch_size=16, lr=1e-3, beta=0.1, **COMMON),
+    # the tiny model writes random tokens: every sample would be "off the prompt", few end by EOS
+    "raft": RAFTConfig(k=8, max_prompts=64, epochs=3, batch_size=16, micro_batch_size=16, lr=2e-3,
+                       min_advantage=0.0, drop_degenerate=False, require_eos=False, **COMMON),
     "dpo": DPOConfig(lr=5e-4, beta=0.1, epochs=2, batch_size=16, micro_batch_size=16, **COMMON),
     "kto": KTOConfig(lr=1e-3, beta=0.1, epochs=3, batch_size=16, micro_batch_size=16, use_pairs=False,
                      **COMMON),

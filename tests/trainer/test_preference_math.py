@@ -131,3 +131,20 @@ def test_rpo_nll_gradient_raises_the_chosen_log_prob():
     chosen = torch.tensor([-6.0], requires_grad=True)
     prm.rpo_nll(chosen, torch.tensor([3.0])).backward()
     assert chosen.grad.item() == pytest.approx(-1 / 3)   # descent raises log π(y_c)
+
+
+def test_best_of_group_known_values():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.2],     # best 1: 0.9 - mean(0.1, 0.5, 0.2) = 0.633 -> kept
+                           [0.4, 0.5, 0.45, 0.35],   # best 1: 0.5 - 0.4 = 0.1 <= 0.25 -> RM unsure, skipped
+                           [3.0, 1.0, 0.0, -1.0],    # best 0 ineligible -> best eligible 1: 1 - mean(3, 0, -1) = 0.33
+                           [2.0, 0.0, 0.0, 0.0],     # only 0 eligible: 2 - 0 = 2 -> kept (siblings still compare)
+                           [5.0, 0.0, 0.0, 0.0]])    # nothing eligible -> skipped
+    eligible = torch.tensor([[True] * 4, [True] * 4, [False, True, True, True], [True, False, False, False],
+                             [False] * 4])
+    assert prm.best_of_group(scores, eligible, min_advantage=0.25) == [(0, 1), (2, 1), (3, 0)]
+    # with no margin asked, the unsure prompt's best is kept too
+    assert prm.best_of_group(scores, eligible, min_advantage=0.0) == [(0, 1), (1, 1), (2, 1), (3, 0)]
+    # a prompt whose eligible best is below its siblings' mean is skipped: 1 - mean(3, 3, 3) < 0
+    assert prm.best_of_group(torch.tensor([[3.0, 1.0, 3.0, 3.0]]), torch.tensor([[False, True, False, False]])) == []
+    # an all-equal group has no advantage to keep
+    assert prm.best_of_group(torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), 0.0) == []

@@ -1,0 +1,90 @@
+"""The promotion gate on the real demo model (SmolLM2-135M-Instruct): a genuinely better
+candidate passes. The counterpart of test_gate_real_model.py (a hacked candidate is refused).
+
+"Better" is judged by a taste written apart from the system: the demo's `balanced` hidden
+preference (demo/personas.py), which nothing in trainer/ or worker/ sees. It labels pairs of
+v0's own sampled answers, as users would; two reward models learn from those labels on disjoint
+prompts: one the candidate is trained against (RAFT: best-of-k of v0's samples by that RM), one
+that only judges at the gate. The gate then sees the candidate's greedy answers on held-out
+prompts, with held-out labelled pairs for the implicit-preference check. The test asserts that
+the gate passes it with no reason recorded, and that the hidden taste agrees it is better.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.settings import Settings
+from demo.personas import hidden_score
+from trainer.algorithms import make_config, train_policy
+from trainer.config import RMConfig
+from trainer.data import PreferencePair, PromptItem
+from trainer.evaluate import generate_finished
+from trainer.policy_base import PolicyJob
+from trainer.reward_model import train_reward_model
+from worker.gate import run_gate
+
+pytestmark = pytest.mark.slow
+PROMPTS = json.loads((Path(__file__).parents[2] / "demo" / "data" / "prompts.json").read_text())
+PREFERENCE, MAX_NEW, K = "balanced", 64, 4
+
+
+def _item(prompt: str) -> PromptItem:
+    return PromptItem([{"role": "user", "content": prompt}])
+
+
+def _taste(prompt: str, answer: str, finished: bool) -> float:
+    return hidden_score(answer, finished, prompt, preference=PREFERENCE)
+
+
+def _labelled_pairs(model_dir: Path, prompts: list[str], seed: int) -> dict[str, list[PreferencePair]]:
+    """K sampled answers per prompt; per prompt, the taste's favourite against each answer it
+    likes clearly less. Returned per prompt, so callers can split by prompt."""
+    answers, finished = generate_finished(model_dir, [_item(p) for p in prompts for _ in range(K)],
+                                          MAX_NEW, greedy=False, seed=seed)
+    out: dict[str, list[PreferencePair]] = {}
+    for i, p in enumerate(prompts):
+        group = sorted(zip(answers[i * K:(i + 1) * K], finished[i * K:(i + 1) * K]),
+                       key=lambda af: _taste(p, *af), reverse=True)
+        (best, best_done), rest = group[0], group[1:]
+        out[p] = [PreferencePair(_item(p).messages, best, a, chosen_finished=best_done, rejected_finished=done)
+                  for a, done in rest if _taste(p, best, best_done) - _taste(p, a, done) > 0.05]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(smollm2_dir, tmp_path_factory):
+    torch.set_num_threads(2)
+    work = tmp_path_factory.mktemp("gate-better")
+    train, judged, evald = PROMPTS["train"][:20], PROMPTS["train"][20:40], PROMPTS["heldout"][12:20]
+    pairs = _labelled_pairs(smollm2_dir, train + judged + evald, seed=1)
+    rm_config = RMConfig(epochs=2, batch_size=8, lr=5e-5, show_progress_bar=False, device="cpu")
+    own_rm, judge_rm = work / "own-rm", work / "judge-rm"
+    own = train_reward_model([q for p in train for q in pairs[p]], [], smollm2_dir, own_rm, rm_config)
+    train_reward_model([q for p in judged for q in pairs[p]], [], smollm2_dir, judge_rm, rm_config)
+    candidate = work / "candidate"
+    job = PolicyJob(smollm2_dir, smollm2_dir, candidate, prompts=[_item(p) for p in train], reward_model_dir=own_rm)
+    policy = train_policy("raft", job, make_config("raft", {"show_progress_bar": False, "device": "cpu"}))
+    return {"candidate": candidate, "own_rm": own_rm, "own_accuracy": own.get("heldout_accuracy"),
+            "judge_rm": judge_rm, "eval_pairs": [q for p in evald for q in pairs[p]], "policy": policy,
+            "work": work}
+
+
+def test_genuinely_better_candidate_passes(trained, smollm2_dir):
+    gate_prompts = [_item(p) for p in PROMPTS["heldout"][:12]]
+    settings = Settings(data_dir=trained["work"] / "data", gate_eval_prompts=12, gate_max_new_tokens=MAX_NEW)
+    gate = run_gate(trained["candidate"], smollm2_dir, smollm2_dir, gate_prompts, settings,
+                    judges=[trained["judge_rm"], trained["own_rm"]], own_rm=trained["own_rm"],
+                    own_rm_accuracy=trained["own_accuracy"], eval_pairs=trained["eval_pairs"])
+    print(json.dumps({"policy": trained["policy"], "gate": gate}, indent=1, default=str)[:4000])
+    # the independent judge only: the RM the candidate was trained against is never its judge
+    assert gate["metrics"]["judges"] == ["judge-rm"]
+    assert gate["passed"], gate["reasons"]
+    assert gate["reasons"] == [] and gate["metrics"]["degenerate_answers"] == 0
+    # ... and the taste nobody trained on agrees: the candidate's greedy answers score higher
+    texts = [p.messages[0]["content"] for p in gate_prompts]
+    new = generate_finished(trained["candidate"], gate_prompts, MAX_NEW, greedy=True)
+    old = generate_finished(smollm2_dir, gate_prompts, MAX_NEW, greedy=True)
+    score = lambda answers: sum(_taste(p, a, f) for p, a, f in zip(texts, *answers)) / len(texts)  # noqa: E731
+    assert score(new) > score(old), (score(new), score(old))
