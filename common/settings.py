@@ -197,6 +197,14 @@ class Settings(BaseSettings):
     gate_min_pref_pairs: int = 10
     """The implicit-preference check runs only with at least this many held-out pairs."""
     gate_eval_prompts: int = 16
+    """At most this many gate prompts besides the probe: held-out user prompts first, then the
+    operator's `gate_prompts_file`."""
+    gate_prompts_file: str = ""
+    """Optional operator evaluation set: a JSON array of prompt strings (or of message lists) the
+    gate scores every candidate on, besides the held-out share of live prompts. With a dozen
+    held-out live prompts a real gain's 95% bound is often still below 0 (demo round 1: mean RM
+    gain +0.48, bound -0.09 on 12 prompts); a fixed set adds power, and its prompts are never
+    trained on (if users ask them, their feedback is held out like any held-out prompt's)."""
     gate_max_new_tokens: int = 48
     probe_prompt: str = "What is the capital of France?"
 

@@ -23,6 +23,7 @@ class Preset:
     algorithm: str = ""               # "" = the deployment default (RLHF_ALGORITHM / settings)
     policy: dict = field(default_factory=dict)   # overrides of the selected algorithm's config
     round_timeout_s: float = 2400  # a hang guard, not a budget: slow machines just take longer
+    gate_prompts: int = 32         # gate prompts per round (held-out live ones, then the demo's gate set)
 
 
 # CPU budgets for 2 cores and SmolLM2-135M: RM and PPO train only the top 6 blocks (the
@@ -32,7 +33,7 @@ PRESETS = {
                     eval_prompts=12, ppo={"steps": 3, "batch_size": 8, "mini_batch_size": 4,
                                           "max_new_tokens": 40, "lr": 3e-5},
                     rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}, algorithm="dpo",
-                    policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}, round_timeout_s=1800),
+                    policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}, round_timeout_s=1800, gate_prompts=16),
     # Users get up to 64 tokens (answers' natural lengths vary, so clicks carry signal); PPO
     # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty. Measured: lr 3e-5
     # with β 0.05 moved too little (3 rounds: KL 1.6, 67%); lr 1e-4 collapsed to ~9-word answers
@@ -123,6 +124,10 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
     pref = get_preference(preference)  # an unknown name fails here, before any process starts
     prompts = json.loads((Path(__file__).parent / "data" / "prompts.json").read_text())
     api_key, admin = "demo-" + secrets.token_hex(8), secrets.token_hex(16)
+    # The operator's fixed gate set: held-out prompts the final table does not score (users never
+    # ask held-out prompts, and the table's own prompts must not pick the versions it then scores).
+    gate_file = out / "gate_prompts.json"
+    gate_file.write_text(json.dumps(prompts["heldout"][preset.eval_prompts:]))
     port = free_port()
     os.environ["RLHF_KEY_PREFIX"] = f"demo{int(time.time())}"  # isolates this run in a shared Redis
     env = {**os.environ,
@@ -132,7 +137,8 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
            "RLHF_PPO_OVERRIDES": json.dumps(preset.ppo), "RLHF_RM_OVERRIDES": json.dumps(preset.rm),
            "RLHF_ALGORITHM": preset.algorithm or base.algorithm,
            "RLHF_ALGORITHM_OVERRIDES": json.dumps(preset.policy),
-           "RLHF_GATE_EVAL_PROMPTS": "16", "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
+           "RLHF_GATE_EVAL_PROMPTS": str(preset.gate_prompts), "RLHF_GATE_PROMPTS_FILE": str(gate_file),
+           "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
            "RLHF_MAX_MODEL_LEN": "1024", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            # Every core for training: users wait while the pipeline runs, so the server is idle then.
            # Measured (SmolLM2 fwd+bwd, 8x160 tokens, next to an idle `rlhf serve`, 2 cores):

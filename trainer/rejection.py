@@ -41,7 +41,9 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # 1. sample and rank (no grad): k answers per prompt, grouped by prompt
     prompts, responses, scores, raw, has_eos = run.sample(messages, config.k)
     texts = run.tokenizer.batch_decode(responses, skip_special_tokens=True)
-    eligible = torch.tensor([not (config.drop_degenerate and degenerate_reasons(t, _user_text(messages[i // config.k])))
+    eligible = torch.tensor([not (config.drop_degenerate and degenerate_reasons(
+                                 t, _user_text(messages[i // config.k]),
+                                 max_repeated_ngram_share=config.max_repeated_ngram_share))
                             and (bool(has_eos[i]) or not config.require_eos)
                             for i, t in enumerate(texts)]).view(-1, config.k)
     kept = prm.best_of_group(scores.view(-1, config.k), eligible, config.min_advantage)

@@ -262,3 +262,32 @@ def build_training_sets(records: list[dict], known_versions: set[str],
               new_pairs=len(out.new_pairs), new_rated=len(out.new_rated),
               train_prompts=len(out.train_prompts), heldout_prompts=len(out.heldout_prompts))
     return out
+
+
+def user_text(messages: list[dict]) -> str:
+    """The last user message of a conversation (what a prompt is compared by)."""
+    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def hold_out_texts(sets: TrainingSets, texts: set[str]) -> int:
+    """Hold out everything asked with one of `texts` (the operator's gate set, by last user
+    message): its prompts join the held-out prompts, its pairs the held-out pairs, its thumbs
+    are dropped, so the gate never judges on trained prompts. Returns how many examples moved."""
+    if not texts:
+        return 0
+
+    def held(x) -> bool:
+        return user_text(x.messages) in texts
+    prompts, pairs = [x for x in sets.train_prompts if held(x)], [x for x in sets.pairs if held(x)]
+    rated = sum(map(held, sets.rated))
+    sets.heldout_prompts += prompts
+    sets.eval_pairs += pairs
+    for name in ("train_prompts", "pairs", "new_pairs", "rated", "new_rated"):
+        setattr(sets, name, [x for x in getattr(sets, name) if not held(x)])
+    moved = len(prompts) + len(pairs) + rated
+    counts = dict(held_out_for_gate_set=moved, pairs=len(sets.pairs), eval_pairs=len(sets.eval_pairs),
+                  rated=len(sets.rated), train_prompts=len(sets.train_prompts),
+                  heldout_prompts=len(sets.heldout_prompts))
+    for k, v in counts.items():   # set, not Counter.update (which adds)
+        sets.stats[k] = v
+    return moved

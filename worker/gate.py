@@ -26,6 +26,7 @@ from typing import Sequence
 from common.degeneracy import degenerate_reasons
 from common.settings import Settings
 from trainer.data import PromptItem, prompt_messages
+from worker.datasets import user_text as _user_text
 
 
 def paired_bootstrap_lower_bound(diffs: Sequence[float], confidence: float = 0.95, n_boot: int = 2000,
@@ -41,8 +42,35 @@ def paired_bootstrap_lower_bound(diffs: Sequence[float], confidence: float = 0.9
     return means[int((1.0 - confidence) * n_boot)]
 
 
-def _user_text(messages: list[dict]) -> str:
-    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+def load_gate_prompts(path: str | Path) -> list[PromptItem]:
+    """The operator's gate set (Settings.gate_prompts_file): a JSON array whose items are prompt
+    strings or message lists. A missing or malformed file is an error, not an empty set: the
+    operator asked for it, and a gate that silently lost its prompts would be weaker than asked."""
+    import json
+    items = json.loads(Path(path).read_text())
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"gate prompts file {path}: expected a non-empty JSON array")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and item.strip():
+            out.append(PromptItem([{"role": "user", "content": item}]))
+        elif isinstance(item, list) and item and all(isinstance(m, dict) and "role" in m for m in item):
+            out.append(PromptItem(item))
+        else:
+            raise ValueError(f"gate prompts file {path}: item {i} is neither a prompt string nor a message list")
+    return out
+
+
+def gate_prompt_set(heldout: list[PromptItem], extra: list[PromptItem], limit: int) -> list[PromptItem]:
+    """Held-out live prompts first (today's traffic), then the operator's set, without repeats,
+    at most `limit`."""
+    out, seen = [], set()
+    for p in list(heldout) + list(extra):
+        text = _user_text(prompt_messages(p))
+        if text not in seen:
+            seen.add(text)
+            out.append(p)
+    return out[:limit]
 
 
 def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptItem], settings: Settings,
@@ -60,7 +88,8 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
         return {"passed": False, "reasons": [f"non-finite weights in {len(bad)} tensors: {bad[:3]}"],
                 "metrics": metrics}
     probe = PromptItem([{"role": "user", "content": settings.probe_prompt}])
-    prompts = [probe] + list(prompts[: settings.gate_eval_prompts])
+    prompts = [probe] + [p for p in prompts[: settings.gate_eval_prompts]
+                         if _user_text(prompt_messages(p)) != settings.probe_prompt]
     n = settings.gate_max_new_tokens
     new, new_done = generate_finished(candidate, prompts, max_new_tokens=n, greedy=True)
     old, old_done = generate_finished(served, prompts, max_new_tokens=n, greedy=True)

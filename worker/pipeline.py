@@ -17,7 +17,7 @@ import redis
 from common import artifacts, ops
 from common.keys import KEYS, check_run_id
 from common.settings import Settings
-from worker.datasets import build_training_sets, key_cap_args
+from worker.datasets import build_training_sets, hold_out_texts, key_cap_args, user_text
 from worker.lock import LockLost
 from worker.retention import prune_files, prune_versions
 from worker.snapshot import load_snapshots, take_snapshot
@@ -110,12 +110,13 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
                client: redis.Redis, status: StatusWriter, fence) -> dict:
     from trainer import algorithms
     from trainer.data import write_jsonl
-    from worker.gate import run_gate
+    from worker.gate import gate_prompt_set, load_gate_prompts, run_gate
     from worker.training import (judge_reward_models, policy_config, remove_work, scalars,
                                  train_policy_step, train_reward_model_step)
 
     algo = algorithms.get(settings.algorithm)   # an unknown name fails the run before any work
     policy_config(settings)                      # so does a bad override (before an RM is trained)
+    gate_set = load_gate_prompts(settings.gate_prompts_file) if settings.gate_prompts_file else []
     reg = artifacts.policies(settings)
     removed = reg.cleanup_partial()  # temp folders of publishes that died midway
     served = reg.current()
@@ -149,6 +150,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
                                settings.max_rater_share, settings.heldout_fraction,
                                is_new=lambda rec: rec.get("snapshot_run") not in consumed,
                                **key_cap_args(settings))
+    hold_out_texts(sets, {user_text(p.messages) for p in gate_set})
     stats = dict(sets.stats)
     stats["dead_lettered"] = snap.dead_lettered  # malformed entries of this run's snapshot
     status.fields["data"] = stats
@@ -176,7 +178,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
         settings, sets, run_id, served, anchor, own_rm, work, stats, status.progress)
 
     status.step("gate")
-    gate_prompts = sets.heldout_prompts
+    gate_prompts = gate_prompt_set(sets.heldout_prompts, gate_set, settings.gate_eval_prompts)
     if not gate_prompts:  # tiny data sets: better a gate on seen prompts than none
         gate_prompts = sets.train_prompts
         stats["gate_prompts_not_heldout"] = True

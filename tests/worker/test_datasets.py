@@ -1,4 +1,4 @@
-from worker.datasets import build_training_sets
+from worker.datasets import build_training_sets, hold_out_texts
 
 MSG = lambda p: [{"role": "user", "content": p}]  # noqa: E731
 
@@ -100,3 +100,23 @@ def test_new_feedback_is_marked_and_rm_replays_a_sample_of_the_old():
     assert all(p.chosen.startswith("old") for p in pairs[2:])
     assert rm_training_data(sets, warm_start=False, replay_ratio=1.0, seed="run2")[0] == sets.pairs
     assert rm_training_data(sets, warm_start=True, replay_ratio=-1, seed="run2")[0] == sets.pairs
+
+
+def test_operator_gate_set_is_held_out_of_training():
+    a1, b1 = answer("a1", "gate q", "yes"), answer("b1", "gate q", "no")
+    a2, b2 = answer("a2", "train q", "yes"), answer("b2", "train q", "no")
+    t3 = answer("t3", "gate q", "maybe")
+    records = [rec(1, "comparison", "u1", [a1, b1], choice="a"), rec(2, "comparison", "u2", [a2, b2], choice="a"),
+               rec(3, "thumb", "u3", [t3], rating="up")]
+    sets = build_training_sets(records, {"v0"}, heldout_fraction=0.0, is_new=lambda r: True)
+    assert len(sets.pairs) == 2 and len(sets.rated) == 1 and not sets.eval_pairs
+    moved = hold_out_texts(sets, {"gate q"})
+    assert moved == 3   # its prompt, its pair and its thumb
+    assert [p.messages[0]["content"] for p in sets.pairs] == ["train q"] == [
+        p.messages[0]["content"] for p in sets.new_pairs]
+    assert [p.messages[0]["content"] for p in sets.eval_pairs] == ["gate q"]
+    assert [p.messages[0]["content"] for p in sets.train_prompts] == ["train q"]
+    assert [p.messages[0]["content"] for p in sets.heldout_prompts] == ["gate q"]
+    assert sets.rated == [] and sets.new_rated == []
+    assert sets.stats["pairs"] == 1 and sets.stats["eval_pairs"] == 1 and sets.stats["held_out_for_gate_set"] == 3
+    assert hold_out_texts(sets, set()) == 0

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from worker.gate import paired_bootstrap_lower_bound
+from trainer.data import PromptItem
+from worker.gate import gate_prompt_set, load_gate_prompts, paired_bootstrap_lower_bound
 
 
 def test_constant_diffs_bound_is_the_constant():
@@ -30,3 +31,18 @@ def test_positive_mean_can_still_fail_the_bound():
     diffs = [2.0, -1.0, -1.0, 0.5]            # mean +0.125, but too noisy to trust
     assert sum(diffs) / 4 > 0 and paired_bootstrap_lower_bound(diffs) < 0
     assert math.isnan(paired_bootstrap_lower_bound([]))
+
+
+def test_gate_prompt_set_file_and_order(tmp_path):
+    f = tmp_path / "gate.json"
+    f.write_text('["What is rain?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]]')
+    extra = load_gate_prompts(f)
+    assert [p.messages[-1]["content"] for p in extra] == ["What is rain?", "Why?"]
+    live = [PromptItem([{"role": "user", "content": "What is rain?"}]), PromptItem([{"role": "user", "content": "Hi"}])]
+    # live held-out prompts first, the file's after, a repeated prompt once, capped
+    assert [p.messages[-1]["content"] for p in gate_prompt_set(live, extra, 10)] == ["What is rain?", "Hi", "Why?"]
+    assert len(gate_prompt_set(live, extra, 2)) == 2
+    for bad in ("[]", "{}", '["ok", 3]', '[""]'):
+        f.write_text(bad)
+        with pytest.raises(ValueError):
+            load_gate_prompts(f)
