@@ -38,15 +38,15 @@ PRESETS = {
     # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty. Measured: lr 3e-5
     # with β 0.05 moved too little (3 rounds: KL 1.6, 67%); lr 1e-4 collapsed to ~9-word answers
     # by round 2 (KL 7.8, 62%, RM hacked); so a middle lr and a firmer KL leash.
-    # DPO (the deployment default) at lr 1.5e-4, beta 0.25, 3 epochs: chosen on a GPU sweep of six
-    # configs x 3 demo-like rounds (bench/gpu_dpo_rounds.py -> bench/results/gpu_dpo_rounds.json):
-    # the only one above 80% win-rate vs v0 within the KL budget of 8 (83%, KL 7.7, 0 degenerate
-    # at round 2); lr 5e-6 (DPOConfig's default) and 5e-5 barely move in 3 rounds (KL 0.4-5.5, 46-67%).
+    # RAFT (reward-ranked fine-tuning on the policy's own best answers, trainer/rejection.py) with
+    # its config defaults. DPO at lr 1.5e-4 / beta 0.25 / 3 epochs (a GPU sweep's pick) was the preset
+    # until session 5's CPU demos: on 35-100 live pairs its margin ran away (loss ~1e-5) and greedy
+    # answers repeated themselves, so the gate refused every round (docs/demo/balanced-dpo). The
+    # quick preset keeps DPO: it is the fastest round (no sampling), which is what the quick run is for.
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=4,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
-                      rm={"epochs": 2, "batch_size": 8, "lr": 5e-5}, algorithm="dpo",
-                      policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}),
+                      rm={"epochs": 2, "batch_size": 8, "lr": 5e-5}, algorithm="raft", policy={}),
 }
 
 
