@@ -1,6 +1,7 @@
 """Step 4: decide whether a freshly trained policy may replace the served one — a gate the
-optimiser cannot fool. On held-out prompts (greedy answers of candidate, served and anchor), it
-refuses on, each reason recorded in the version metadata:
+optimiser cannot fool. On held-out prompts — the held-out share of live prompts, then the operator's
+fixed gate set (`RLHF_GATE_PROMPTS_FILE`, never trained on), plus the probe — with greedy answers of
+candidate, served and anchor, it refuses on, each reason recorded in the version metadata:
 
 - non-finite weights;
 - any degenerate answer (common/degeneracy.py, against the anchor's answer to the same prompt;
