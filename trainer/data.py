@@ -56,6 +56,11 @@ def prompt_messages(prompt: PromptLike) -> list[dict]:
     return prompt.messages if isinstance(prompt, PromptItem) else list(prompt)
 
 
+def user_text(messages: list[dict]) -> str:
+    """The last user message of a conversation (what a prompt is judged and compared by)."""
+    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+
+
 def write_jsonl(path: str | Path, items: Iterable[PreferencePair | RatedAnswer | PromptItem]) -> Path:
     """Write dataclass records, one JSON object per line (atomic: temp file then rename)."""
     path = Path(path)

@@ -18,14 +18,10 @@ from tqdm.auto import tqdm
 from common.degeneracy import degenerate_reasons
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
-from trainer.data import prompt_messages
+from trainer.data import prompt_messages, user_text
 from trainer.device import autocast
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob, Progress, batches, log_step
-
-
-def _user_text(messages: list[dict]) -> str:
-    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progress | None = None) -> dict:
@@ -42,7 +38,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     prompts, responses, scores, raw, has_eos = run.sample(messages, config.k)
     texts = run.tokenizer.batch_decode(responses, skip_special_tokens=True)
     eligible = torch.tensor([not (config.drop_degenerate and degenerate_reasons(
-                                 t, _user_text(messages[i // config.k]),
+                                 t, user_text(messages[i // config.k]),
                                  max_repeated_ngram_share=config.max_repeated_ngram_share))
                             and (bool(has_eos[i]) or not config.require_eos)
                             for i, t in enumerate(texts)]).view(-1, config.k)

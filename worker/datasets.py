@@ -33,7 +33,7 @@ import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from trainer.data import PreferencePair, PromptItem, RatedAnswer
+from trainer.data import PreferencePair, PromptItem, RatedAnswer, user_text
 
 
 @dataclass
@@ -262,11 +262,6 @@ def build_training_sets(records: list[dict], known_versions: set[str],
               new_pairs=len(out.new_pairs), new_rated=len(out.new_rated),
               train_prompts=len(out.train_prompts), heldout_prompts=len(out.heldout_prompts))
     return out
-
-
-def user_text(messages: list[dict]) -> str:
-    """The last user message of a conversation (what a prompt is compared by)."""
-    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def hold_out_texts(sets: TrainingSets, texts: set[str]) -> int:

@@ -26,8 +26,7 @@ from typing import Sequence
 
 from common.degeneracy import degenerate_reasons
 from common.settings import Settings
-from trainer.data import PromptItem, prompt_messages
-from worker.datasets import user_text as _user_text
+from trainer.data import PromptItem, prompt_messages, user_text
 
 
 def paired_bootstrap_lower_bound(diffs: Sequence[float], confidence: float = 0.95, n_boot: int = 2000,
@@ -67,7 +66,7 @@ def gate_prompt_set(heldout: list[PromptItem], extra: list[PromptItem], limit: i
     at most `limit`."""
     out, seen = [], set()
     for p in list(heldout) + list(extra):
-        text = _user_text(prompt_messages(p))
+        text = user_text(prompt_messages(p))
         if text not in seen:
             seen.add(text)
             out.append(p)
@@ -90,7 +89,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
                 "metrics": metrics}
     probe = PromptItem([{"role": "user", "content": settings.probe_prompt}])
     prompts = [probe] + [p for p in prompts[: settings.gate_eval_prompts]
-                         if _user_text(prompt_messages(p)) != settings.probe_prompt]
+                         if user_text(prompt_messages(p)) != settings.probe_prompt]
     n = settings.gate_max_new_tokens
     new, new_done = generate_finished(candidate, prompts, max_new_tokens=n, greedy=True)
     old, old_done = generate_finished(served, prompts, max_new_tokens=n, greedy=True)
@@ -101,9 +100,9 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     # 1. degeneracy on every answer
     bad_answers = []
     for p, a, ref in zip(prompts, new, base):
-        why = degenerate_reasons(a, _user_text(prompt_messages(p)), ref)
+        why = degenerate_reasons(a, user_text(prompt_messages(p)), ref)
         if why:
-            bad_answers.append({"prompt": _user_text(prompt_messages(p)), "answer": a, "reasons": why})
+            bad_answers.append({"prompt": user_text(prompt_messages(p)), "answer": a, "reasons": why})
     metrics.update(degenerate_answers=len(bad_answers), degenerate_examples=bad_answers[:3])
     if len(bad_answers) > settings.gate_max_degenerate:
         first = bad_answers[0]

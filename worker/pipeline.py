@@ -17,7 +17,8 @@ import redis
 from common import artifacts, ops
 from common.keys import KEYS, check_run_id
 from common.settings import Settings
-from worker.datasets import build_training_sets, hold_out_texts, key_cap_args, user_text
+from trainer.data import user_text
+from worker.datasets import build_training_sets, hold_out_texts, key_cap_args
 from worker.lock import LockLost
 from worker.retention import prune_files, prune_versions
 from worker.snapshot import load_snapshots, take_snapshot

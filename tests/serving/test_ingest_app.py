@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis as sync_redis
 
 from common.events import FeedbackEvent
 from common.identity import key_account, key_pseudonym
@@ -28,6 +27,7 @@ from serving.app_setup import redis_client
 from serving.ingest_app import create_ingest_app
 from serving.metrics import Metrics
 from tests.helpers.server import REPO, free_port, running_ingest
+from tests.serving.trust_harness import emptied_db_url, r  # noqa: F401  (r: a fixture)
 
 KEY, OTHER, TRUSTED = "ingest-key-a", "ingest-key-b", "ingest-backend"
 HMAC = "ingest-test-hmac"
@@ -35,16 +35,7 @@ HMAC = "ingest-test-hmac"
 
 @pytest.fixture
 def db_url(redis_server):
-    # a DB of its own, emptied with FLUSHDB: FLUSHALL would also wipe DB 2, where the shared
-    # `rlhf serve` of tests/serving lives all session
-    url = redis_server.url.rsplit("/", 1)[0] + "/7"
-    sync_redis.Redis.from_url(url).flushdb()
-    return url
-
-
-@pytest.fixture
-def r(db_url):
-    return sync_redis.Redis.from_url(db_url, decode_responses=True)
+    return emptied_db_url(redis_server, 7)   # a DB of its own (trust_harness uses 5)
 
 
 def settings_for(db_url, tmp_path, **over) -> Settings:

@@ -52,11 +52,17 @@ class StubEngine:
         yield SimpleNamespace(outputs=outs)
 
 
-@pytest.fixture
-def db_url(redis_server):
-    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+def emptied_db_url(redis_server, db: int) -> str:
+    """URL of DB `db` of the session's private redis-server, emptied with FLUSHDB (FLUSHALL would
+    also wipe DB 2, where the shared `rlhf serve` of tests/serving lives all session)."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
     sync_redis.Redis.from_url(url).flushdb()
     return url
+
+
+@pytest.fixture
+def db_url(redis_server):
+    return emptied_db_url(redis_server, 5)
 
 
 @pytest.fixture
