@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 
 from common.settings import Settings
-from serving import admin_routes, feedback_routes, openai_routes, vllm_api
+from serving import admin_routes, feedback_routes, openai_routes, vllm_bridge
 from serving.answer_store import AnswerStore
 from serving.app_setup import finish_app, new_app, redis_client
 from serving.feedback_store import FeedbackStore
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, model: str | None = None,
         version, path = resolve_startup(settings, model)
         engine = await Engine.start(settings, version, path)
         # vLLM's own OpenAI handlers on our engine (serving/vllm_api.py says why not its app)
-        app.state.vllm = await vllm_api.build_state(engine, settings)
+        app.state.vllm = await vllm_bridge.build_state(engine, settings)
         redis = redis_client(settings.redis_url)
         answers = AnswerStore(redis, settings.retention_days, metrics)
         feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days)

@@ -6,7 +6,7 @@ not do (its reload can return stale weights, vLLM issue #32718; see NOTES.md).
 
 Which version produced an answer is the engine's to say: each swap sets the engine's weight
 version (``update_weight_version``) while generation is paused, and vLLM stamps every sampled
-token with it (``CompletionOutput.weight_versions``, read by serving/vllm_api.py). So nothing
+token with it (``CompletionOutput.weight_versions``, read by serving/vllm_bridge.py). So nothing
 here holds a request for the time a client takes to read it: a swap waits (at most
 ``RLHF_SWAP_DRAIN_SECONDS``) for the *engine* to finish in-flight generations, new requests
 queue inside vLLM's paused scheduler (they wait, they do not fail), and a generation still

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from common.keys import KEYS
-from serving.vllm_api import LabelledAnswer
+from serving.vllm_bridge import LabelledAnswer
 from tests.helpers.server import running_server
 from tests.serving.conftest import API_KEY
 
@@ -90,7 +90,7 @@ def test_auto_tool_choice_is_parsed_by_the_configured_parser(client):
 
 def test_tool_parser_setting_becomes_vllm_serve_flags():
     from common.settings import Settings
-    from serving.vllm_api import serve_args
+    from serving.vllm_bridge import serve_args
     args = serve_args(Settings(tool_call_parser="hermes",
                                vllm_serve_args="--response-role bot"), "/m")
     assert args.enable_auto_tool_choice and args.tool_call_parser == "hermes"
