@@ -169,6 +169,11 @@ class RAFTConfig(PolicyConfig):
                                       # no difference, there is nothing to learn but noise
     max_repeated_ngram_share: float = 0.1  # a kept answer repeats at most this share of its word 3-grams:
                                       # stricter than the gate's "degenerate" (0.25), so no loop is taught
+    close_cut_answers: bool = True   # also rank, for each sample cut off by max_new_tokens, the same answer
+                                      # closed (EOS) after its last full sentence. Measured (session 6 demos):
+                                      # only 9-15% of samples finish within the 64 tokens users get, so most
+                                      # prompts had no eligible answer and a round kept 9-19
+    close_min_share: float = 0.3      # a closed candidate keeps at least this share of its sample's tokens
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
 

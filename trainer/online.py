@@ -40,18 +40,24 @@ class OnlineRun(PolicyRun):
     def sample(self, messages: Sequence[list[dict]], k: int):
         """k answers per prompt (grouped: prompt i's answers are rows i*k .. i*k+k-1), their shaped
         RM scores and raw scores. Shaping = normalise, clip, minus the penalty for no EOS."""
-        cfg = self.config
         flat = [m for m in messages for _ in range(k)]
         prompts = [self.prompt_ids(m) for m in flat]
         with autocast(self.device):
             responses = [r or self.eos_ids[:1] for r in self.generator.generate(prompts, self.sampling)]
+        scores, raw, has_eos = self.score(flat, responses)
+        return prompts, responses, scores, raw, has_eos
+
+    @torch.no_grad()
+    def score(self, messages: Sequence[list[dict]], responses: Sequence[list[int]]):
+        """(shaped scores, raw RM scores, has-EOS flags) of answer token ids to `messages`."""
+        cfg = self.config
         has_eos = torch.tensor([r[-1] in self.eos_ids for r in responses], device=self.device)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        raw = torch.tensor(self.reward_model.score(flat, texts, has_eos.tolist()), device=self.device)
+        raw = torch.tensor(self.reward_model.score(messages, texts, has_eos.tolist()), device=self.device)
         rm = self.reward_model
         scores = pm.shape_scores(raw, has_eos, rm.mean, rm.std, getattr(cfg, "normalise_reward", True),
                                  getattr(cfg, "reward_clip", None), cfg.missing_eos_penalty)
-        return prompts, responses, scores, raw, has_eos
+        return scores, raw, has_eos
 
 
 def _micro(n: int, size: int) -> list[slice]:

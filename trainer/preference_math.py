@@ -6,6 +6,8 @@ log π(y|x) = Σ_t log π(y_t | x, y_<t), one value per answer (shape (B,)).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -130,20 +132,27 @@ def kto_reference_point(policy_logp_mismatched: torch.Tensor, ref_logp_mismatche
     return (policy_logp_mismatched - ref_logp_mismatched).mean().detach().clamp(min=0)
 
 
-def best_of_group(scores: torch.Tensor, eligible: torch.Tensor, min_advantage: float = 0.0) -> list[tuple[int, int]]:
+def best_of_group(scores: torch.Tensor, eligible: torch.Tensor, min_advantage: float = 0.0,
+                  source: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """Rejection sampling (RAFT, Dong et al. 2023; Llama 2's rejection-sampling fine-tuning): for
-    each prompt's k answers (row i of the (n, k) `scores`), the index of the best-scored answer
-    among the `eligible` ones (a boolean (n, k) mask: degenerate or cut-off answers are never
-    kept), if it beats the mean of *all* the prompt's other answers (what the policy usually
-    says, eligible or not) by more than `min_advantage`. Returns [(i, j)], in prompt order."""
+    each prompt's candidates (row i of the (n, m) `scores`), the index of the best-scored one
+    among the `eligible` ones (a boolean (n, m) mask: degenerate or cut-off answers are never
+    kept), if it beats the mean of the prompt's *other samples* (what the policy usually says,
+    eligible or not) by more than `min_advantage`. Returns [(i, j)], in prompt order.
+
+    `source[j]`: the sample column candidate j was derived from (None = every column is a sample
+    of its own). A derived candidate (e.g. a cut-off sample closed at its last full sentence) is
+    compared with the samples other than its source; derived columns never count as "usual"."""
     out = []
-    k = scores.shape[1]
+    m = scores.shape[1]
+    source = list(range(m)) if source is None else list(source)
+    samples = [j for j in range(m) if source[j] == j]
     for i in range(scores.shape[0]):
-        ok = [j for j in range(k) if bool(eligible[i, j])]
-        if not ok or k < 2:
+        ok = [j for j in range(m) if bool(eligible[i, j])]
+        if not ok or len(samples) < 2:
             continue
         best = max(ok, key=lambda j: float(scores[i, j]))
-        others = [float(scores[i, j]) for j in range(k) if j != best]
+        others = [float(scores[i, j]) for j in samples if j != source[best]]
         if float(scores[i, best]) - sum(others) / len(others) > min_advantage:
             out.append((i, best))
     return out

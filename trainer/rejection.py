@@ -7,10 +7,17 @@ degenerate one (common/degeneracy.py: the gate's definition, so the policy is ne
 the gate refuses) and every one cut off without EOS (not a whole answer), keep each prompt's best when it clearly beats its siblings
 (`preference_math.best_of_group`), then maximise the kept answers' per-token likelihood
 (EOS included: finishing in time is part of what is learned).
+
+Cut-off samples are closed at their last full sentence (`close_cut_answers`): on a small model and
+a 64-token budget most samples run past the limit, and "the same answer, stopped where a sentence
+ends" is a candidate the policy nearly wrote. It is ranked by the RM like the rest — nothing says
+shorter wins — and when it is kept the policy learns to plan its answer to the budget.
 """
 from __future__ import annotations
 
 import random
+import re
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +30,28 @@ from trainer.device import autocast
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob, Progress, batches, log_step
 
+_SENTENCE_END = re.compile(r"[^\d\s][.!?][\"')\]]*$")     # "...word." but not a list number "2."
+_NOT_AN_END = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "st.", "no.")
+
+
+def last_sentence_end(pieces: Sequence[str], min_tokens: int = 1) -> int | None:
+    """How many leading tokens of a cut-off answer make whole sentences: the largest n >= `min_tokens`
+    such that the text of `pieces[:n]` (each token decoded alone) ends a sentence — a ".", "!" or
+    "?" after a word (closing quotes or brackets allowed), not an abbreviation such as "e.g.", and
+    followed by a space or line break or nothing. None when no sentence ends in time."""
+    text = ""
+    ends = []
+    for n, piece in enumerate(pieces, 1):
+        text += piece
+        nxt = pieces[n] if n < len(pieces) else ""
+        tail = text.rstrip()
+        last_word = tail.split()[-1].lower() if tail.split() else ""
+        spaced = tail != text or not nxt or nxt[:1].isspace()
+        if tail and spaced and _SENTENCE_END.search(tail) and last_word.strip("\"')]") not in _NOT_AN_END:
+            ends.append(n)
+    ends = [n for n in ends if n >= min_tokens]
+    return ends[-1] if ends else None
+
 
 def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progress | None = None) -> dict:
     if config.k < 2:
@@ -34,22 +63,29 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     if config.max_prompts and len(messages) > config.max_prompts:
         messages = rng.sample(messages, config.max_prompts)
 
-    # 1. sample and rank (no grad): k answers per prompt, grouped by prompt
-    prompts, responses, scores, raw, has_eos = run.sample(messages, config.k)
+    # 1. sample and rank (no grad): k answers per prompt, plus (close_cut_answers) a candidate closed
+    # at its last full sentence for each cut-off one; grouped by prompt, m candidates each
+    k = config.k
+    prompts, responses, scores, raw, has_eos, made = sample_candidates(run, messages, config)
+    m = len(responses) // len(messages)
     texts = run.tokenizer.batch_decode(responses, skip_special_tokens=True)
-    eligible = torch.tensor([not (config.drop_degenerate and degenerate_reasons(
-                                 t, user_text(messages[i // config.k]),
+    eligible = torch.tensor([(j < k or made[i])
+                             and not (config.drop_degenerate and degenerate_reasons(
+                                 t, user_text(messages[i // m]),
                                  max_repeated_ngram_share=config.max_repeated_ngram_share))
-                            and (bool(has_eos[i]) or not config.require_eos)
-                            for i, t in enumerate(texts)]).view(-1, config.k)
-    kept = prm.best_of_group(scores.view(-1, config.k), eligible, config.min_advantage)
-    rows = [i * config.k + j for i, j in kept]
+                             and (bool(has_eos[i]) or not config.require_eos)
+                             for i, t in enumerate(texts) for j in [i % m]]).view(-1, m)
+    kept = prm.best_of_group(scores.view(-1, m), eligible, config.min_advantage, source=[j % k for j in range(m)])
+    rows = [i * m + j for i, j in kept]
+    samples = torch.tensor([i % m < k for i in range(len(responses))])
     sample_stats = {
-        "prompts": len(messages), "answers": len(texts), "kept": len(rows),
-        "ineligible_samples": int((~eligible).sum()), "eos_fraction": has_eos.float().mean().item(),
+        "prompts": len(messages), "answers": int(samples.sum()), "kept": len(rows),
+        "closed_candidates": sum(made), "kept_closed": sum(made[r] for r in rows),
+        "ineligible_samples": int((~eligible.view(-1)[samples]).sum()),
+        "eos_fraction": has_eos[samples].float().mean().item(),
         "kept_eos_fraction": sum(bool(has_eos[r]) for r in rows) / max(1, len(rows)),
-        "reward_raw": raw.mean().item(), "kept_reward_raw": (raw[rows].mean().item() if rows else 0.0),
-        "response_length": sum(map(len, responses)) / len(responses),
+        "reward_raw": raw[samples].mean().item(), "kept_reward_raw": (raw[rows].mean().item() if rows else 0.0),
+        "response_length": sum(len(r) for r, s in zip(responses, samples) if s) / int(samples.sum()),
         "kept_response_length": sum(len(responses[r]) for r in rows) / max(1, len(rows))}
     if progress:
         progress("raft_sampled", 0, 0, sample_stats)
@@ -75,3 +111,44 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     bar.close()
     return run.finish("raft", history, {**sample_stats, "k": config.k, "epochs": config.epochs},
                       progress=progress)
+
+
+
+@torch.no_grad()
+def sample_candidates(run: OnlineRun, messages: list[list[dict]], config: RAFTConfig):
+    """k samples per prompt and their scores; with `close_cut_answers`, each prompt's row becomes its
+    k samples followed by k closed candidates (column k + j derives from sample j; where sample j
+    finished or has no sentence end, the column repeats it, marked not `made`).
+    Returns (prompt ids, responses, scores, raw, has_eos, made), flat, prompt-major."""
+    k = config.k
+    prompts, responses, scores, raw, has_eos = run.sample(messages, k)
+    if not config.close_cut_answers:
+        return prompts, responses, scores, raw, has_eos, [False] * len(responses)
+    closed = close_cut_answers(run, responses, has_eos, config.close_min_share)
+    idx = [i for i, c in enumerate(closed) if c is not None]
+    c_scores, c_raw, c_eos = scores.clone(), raw.clone(), has_eos.clone()
+    if idx:
+        s, r, e = run.score([messages[i // k] for i in idx], [closed[i] for i in idx])
+        c_scores[idx], c_raw[idx], c_eos[idx] = s, r, e
+    order = [(src, i * k + j) for i in range(len(messages)) for src in (0, 1) for j in range(k)]
+    pick = lambda a, b: [b[x] if src else a[x] for src, x in order]  # noqa: E731
+    closed_resp = [c if c is not None else r for c, r in zip(closed, responses)]
+    stack = lambda a, b: torch.stack(pick(list(a), list(b)))  # noqa: E731
+    return (pick(prompts, prompts), pick(responses, closed_resp), stack(scores, c_scores), stack(raw, c_raw),
+            stack(has_eos, c_eos), [bool(src and closed[x] is not None) for src, x in order])
+
+
+def close_cut_answers(run: OnlineRun, responses: list[list[int]], has_eos: torch.Tensor,
+                      min_share: float) -> list[list[int] | None]:
+    """For each sample cut off by the token limit, its leading whole sentences plus EOS (when they
+    keep at least `min_share` of its tokens), else None. Users get answers of this same token
+    budget, so a sample that ran past it shows what the policy would say if it had planned to fit;
+    the RM then judges the closed candidate like any other (it may prefer the cut-off one)."""
+    out: list[list[int] | None] = []
+    for r, done in zip(responses, has_eos.tolist()):
+        if done:
+            out.append(None)
+            continue
+        n = last_sentence_end([run.tokenizer.decode([t]) for t in r], min_tokens=max(1, int(min_share * len(r))))
+        out.append(list(r[:n]) + [run.eos_ids[0]] if n else None)
+    return out

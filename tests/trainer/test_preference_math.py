@@ -148,3 +148,16 @@ def test_best_of_group_known_values():
     assert prm.best_of_group(torch.tensor([[3.0, 1.0, 3.0, 3.0]]), torch.tensor([[False, True, False, False]])) == []
     # an all-equal group has no advantage to keep
     assert prm.best_of_group(torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), 0.0) == []
+
+
+def test_best_of_group_with_derived_candidates():
+    # columns 0-2: samples; 3-5: candidates derived from samples 0-2 (source 0, 1, 2)
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0, -9.0, -9.0],
+                           [1.0, 1.0, 1.0, 1.2, -9.0, -9.0]])
+    eligible = torch.tensor([[False, True, False, True, False, False],
+                             [True, True, True, True, False, False]])
+    # row 0: best eligible is column 3 (from sample 0): 3 - mean(samples 1, 2) = 3 - 1.5 = 1.5 -> kept
+    # row 1: column 3 (from sample 0): 1.2 - mean(1, 1) = 0.2 <= 0.25 -> skipped; derived columns'
+    #        -9 never enter the baseline (they are not what the policy says)
+    assert prm.best_of_group(scores, eligible, 0.25, source=[0, 1, 2, 0, 1, 2]) == [(0, 3)]
+    assert prm.best_of_group(scores, eligible, 0.1, source=[0, 1, 2, 0, 1, 2]) == [(0, 3), (1, 3)]
