@@ -174,6 +174,17 @@ class RAFTConfig(PolicyConfig):
                                       # only 9-15% of samples finish within the 64 tokens users get, so most
                                       # prompts had no eligible answer and a round kept 9-19
     close_min_share: float = 0.3      # a closed candidate keeps at least this share of its sample's tokens
+    min_length_ratio: float = 0.15    # a kept answer has at least this share of the words of the prompt's median
+                                      # sample: stricter than the gate's "far too short" (0.06 of the anchor's), so
+                                      # no quip is taught (measured: a candidate answered "The storm.")
+    unlikelihood_weight: float = 1.0  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
+                                      # policy's own looping answers (0 = off). Measured (session 6-7 demos):
+                                      # a greedy answer that loops ("connected to a gear wheel, which is
+                                      # connected to a gear wheel") was the most frequent gate refusal
+    unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
+    unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
+                                      # see) to find loops, not only among the samples
+    unlikelihood_batch: int = 8       # looping answers in each step's unlikelihood term (cycled)
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
 

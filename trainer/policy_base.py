@@ -72,13 +72,18 @@ class PolicyRun:
     def logprobs(self, model, prompts: Sequence[list[int]], responses: Sequence[list[int]]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(Σ_t log π(y_t), |y|) per sequence at the sampling temperature; grads flow if enabled."""
+        token_logp, r_mask = self.token_logprobs(model, prompts, responses)
+        return (token_logp * r_mask).sum(1), r_mask.sum(1)
+
+    def token_logprobs(self, model, prompts: Sequence[list[int]], responses: Sequence[list[int]]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log π(y_t) per response token, 0/1 mask of real tokens), both (B, T_response)."""
         p_ids, p_mask = left_pad(prompts, self.pad_id)
         r_ids, r_mask = right_pad(responses, self.pad_id)
         ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
         logits = response_logits(model, ids, mask, r_ids.shape[1]) / self.config.temperature
         r_ids, r_mask = r_ids.to(logits.device), r_mask.to(logits.device).float()
-        token_logp = pm.logprobs_from_logits(logits, r_ids)
-        return (token_logp * r_mask).sum(1), r_mask.sum(1)
+        return pm.logprobs_from_logits(logits, r_ids), r_mask
 
     @torch.no_grad()
     def reference_logprobs(self, prompts, responses, batch_size: int = 16) -> torch.Tensor:

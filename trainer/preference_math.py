@@ -156,3 +156,29 @@ def best_of_group(scores: torch.Tensor, eligible: torch.Tensor, min_advantage: f
         if float(scores[i, best]) - sum(others) / len(others) > min_advantage:
             out.append((i, best))
     return out
+
+
+def repeated_ngram_mask(ids: Sequence[int], n: int) -> list[bool]:
+    """Which tokens of a sequence belong to a repeat: True at every position covered by an
+    n-gram occurrence whose n-gram already started at an earlier position (the first occurrence
+    stays False). The negative candidates of sequence-level unlikelihood training (Welleck et al.
+    2019, "Neural Text Generation with Unlikelihood Training", section 5.2)."""
+    mask = [False] * len(ids)
+    seen: set[tuple[int, ...]] = set()
+    for s in range(len(ids) - n + 1):
+        gram = tuple(ids[s:s + n])
+        if gram in seen:
+            for t in range(s, s + n):
+                mask[t] = True
+        seen.add(gram)
+    return mask
+
+
+def unlikelihood_loss(token_logp: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Sequence-level unlikelihood (Welleck et al. 2019): mean over the marked tokens of
+    -log(1 - π(y_t | y_<t)), which pushes the probability of continuing a repeat towards 0 and
+    vanishes as it gets there (unlike -NLL, which would push without bound). `token_logp`:
+    (B, T) log π of each token; `negatives`: (B, T) 0/1 mask of the tokens to unlearn."""
+    p = token_logp.exp().clamp(max=1.0 - 1e-6)
+    per_token = -torch.log1p(-p)
+    return (per_token * negatives).sum() / negatives.sum().clamp(min=1.0)

@@ -12,17 +12,24 @@ Cut-off samples are closed at their last full sentence (`close_cut_answers`): on
 a 64-token budget most samples run past the limit, and "the same answer, stopped where a sentence
 ends" is a candidate the policy nearly wrote. It is ranked by the RM like the rest — nothing says
 shorter wins — and when it is kept the policy learns to plan its answer to the budget.
+
+Loops are unlearned (`unlikelihood_weight`): the policy's own answers that repeat themselves — among
+the samples and its greedy answers to the round's prompts, the decoding the gate and the report
+use — add a sequence-level unlikelihood term (Welleck et al. 2019) on their repeated tokens to each
+step. Likelihood training on a few dozen answers sharpens the policy, and a sharper small model
+loops more under greedy decoding: the gate's most frequent refusal before this term.
 """
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from common.degeneracy import degenerate_reasons
+from common.degeneracy import degenerate_reasons, repeated_ngram_share, words
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
@@ -69,9 +76,13 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     prompts, responses, scores, raw, has_eos, made = sample_candidates(run, messages, config)
     m = len(responses) // len(messages)
     texts = run.tokenizer.batch_decode(responses, skip_special_tokens=True)
+    # degenerate by the gate's definition, against what the policy usually says to that prompt
+    # (its median-length sample) in place of the anchor's answer: a 2-word quip is "far too short"
+    usual = [typical_answer(texts[p * m:p * m + k]) for p in range(len(messages))]
     eligible = torch.tensor([(j < k or made[i])
                              and not (config.drop_degenerate and degenerate_reasons(
-                                 t, user_text(messages[i // m]),
+                                 t, user_text(messages[i // m]), anchor_answer=usual[i // m],
+                                 min_length_ratio=config.min_length_ratio,
                                  max_repeated_ngram_share=config.max_repeated_ngram_share))
                              and (bool(has_eos[i]) or not config.require_eos)
                              for i, t in enumerate(texts) for j in [i % m]]).view(-1, m)
@@ -93,7 +104,14 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         raise ValueError("raft: no prompt had a best answer clearly above its siblings "
                          f"(min_advantage {config.min_advantage}); nothing to learn this round")
 
-    # 2. supervised fine-tuning on the kept answers (per-token NLL, EOS included)
+    # 2. the policy's own loops, to unlearn (sequence-level unlikelihood): repetitive samples, and
+    # greedy answers to the same prompts that repeat themselves
+    loops = find_loops(run, messages, [(prompts[i], responses[i], texts[i]) for i in range(len(responses))
+                                       if i % m < k], config) if config.unlikelihood_weight > 0 else []
+    sample_stats.update(loops=len(loops), loop_tokens=sum(sum(mask) for _, _, mask in loops))
+
+    # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included), plus the
+    # unlikelihood of the looping tokens
     plan = batches(rows, config.batch_size, config.epochs, rng)
     history: list[dict] = []
     bar = tqdm(total=len(plan), desc="raft", disable=not config.show_progress_bar)
@@ -106,12 +124,59 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
             loss = prm.rpo_nll(logp.float(), n_tok)
             (loss * len(micro) / len(batch)).backward()
             total += loss.item() * len(micro) / len(batch)
-        log_step("raft", {"step": step, "nll": total, "grad_norm": run.clip_and_step()}, len(plan), history,
-                 bar, progress)
+        stats = {"step": step, "nll": total}
+        if loops:
+            stats["unlikelihood"] = _unlikelihood_step(run, loops, step, config)
+        log_step("raft", {**stats, "grad_norm": run.clip_and_step()}, len(plan), history, bar, progress)
     bar.close()
     return run.finish("raft", history, {**sample_stats, "k": config.k, "epochs": config.epochs},
                       progress=progress)
 
+
+def typical_answer(texts: list[str]) -> str:
+    """The median-length answer (by words) of a prompt's samples: the yardstick for "far too short"."""
+    return sorted(texts, key=lambda t: len(words(t)))[len(texts) // 2]
+
+
+def _unlikelihood_step(run: OnlineRun, loops: list, step: int, config: RAFTConfig) -> float:
+    """Backward of weight x unlikelihood on this step's share of the loops (cycled); returns it."""
+    n = min(config.unlikelihood_batch, len(loops))
+    chosen = [loops[(step * n + j) % len(loops)] for j in range(n)]
+    total = 0.0
+    for s in range(0, n, config.micro_batch_size):
+        micro = chosen[s:s + config.micro_batch_size]
+        with autocast(run.device):
+            token_logp, real = run.token_logprobs(run.actor, [p for p, _, _ in micro], [r for _, r, _ in micro])
+        width = token_logp.shape[1]
+        marks = torch.tensor([mask + [False] * (width - len(mask)) for _, _, mask in micro],
+                             dtype=torch.float32, device=token_logp.device) * real
+        loss = prm.unlikelihood_loss(token_logp.float(), marks)
+        (config.unlikelihood_weight * loss * len(micro) / n).backward()
+        total += loss.item() * len(micro) / n
+    return total
+
+
+@torch.no_grad()
+def find_loops(run: OnlineRun, messages: list[list[dict]], samples: list[tuple[list[int], list[int], str]],
+               config: RAFTConfig) -> list[tuple[list[int], list[int], list[bool]]]:
+    """(prompt ids, response ids, repeat mask) of every answer that repeats more than
+    `max_repeated_ngram_share` of its word 3-grams: among `samples` (prompt ids, response ids,
+    text) and, with `unlikelihood_greedy`, the policy's greedy answers to `messages`."""
+    found = list(samples)
+    if config.unlikelihood_greedy:
+        greedy = replace(run.sampling, greedy=True)
+        p_ids = [run.prompt_ids(msg) for msg in messages]
+        with autocast(run.device):
+            answers = run.generator.generate(p_ids, greedy)
+        found += [(p, r, t) for p, r, t in zip(p_ids, answers,
+                                               run.tokenizer.batch_decode(answers, skip_special_tokens=True))]
+    out = []
+    for p, r, text in found:
+        if repeated_ngram_share(words(text), 3) > config.max_repeated_ngram_share:
+            mask = prm.repeated_ngram_mask(r, config.unlikelihood_ngram)
+            if any(mask):
+                out.append((p, r, mask))
+    return out
 
 
 @torch.no_grad()

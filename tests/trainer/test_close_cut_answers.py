@@ -24,3 +24,9 @@ def test_no_end_or_too_short_gives_none():
     assert last_sentence_end(["No", " end", " here"]) is None
     assert last_sentence_end(["A", ".", " B", ".", " C"], min_tokens=3) == 4
     assert last_sentence_end(["A", ".", " B", ".", " C"], min_tokens=5) is None
+
+
+def test_typical_answer_is_the_median_length_sample():
+    from trainer.rejection import typical_answer
+    assert typical_answer(["a b c", "a", "a b c d e", "a b"]) == "a b c"   # lengths 1,2,3,5 -> index 2
+    assert typical_answer(["only one"]) == "only one"

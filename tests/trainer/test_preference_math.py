@@ -161,3 +161,27 @@ def test_best_of_group_with_derived_candidates():
     #        -9 never enter the baseline (they are not what the policy says)
     assert prm.best_of_group(scores, eligible, 0.25, source=[0, 1, 2, 0, 1, 2]) == [(0, 3)]
     assert prm.best_of_group(scores, eligible, 0.1, source=[0, 1, 2, 0, 1, 2]) == [(0, 3), (1, 3)]
+
+
+def test_repeated_ngram_mask_marks_repeats_not_first_occurrences():
+    #        0  1  2  3  4  5  6
+    ids = [5, 6, 7, 5, 6, 7, 8]
+    # bigrams: (5,6)@0 (6,7)@1 (7,5)@2 (5,6)@3 repeat -> 3,4 (6,7)@4 repeat -> 4,5 (7,8)@5
+    assert prm.repeated_ngram_mask(ids, 2) == [False, False, False, True, True, True, False]
+    assert prm.repeated_ngram_mask(ids, 3) == [False, False, False, True, True, True, False]
+    assert prm.repeated_ngram_mask(ids, 4) == [False] * 7
+    assert prm.repeated_ngram_mask([1, 1, 1], 1) == [False, True, True]
+    assert prm.repeated_ngram_mask([], 3) == []
+
+
+def test_unlikelihood_loss_known_values():
+    # p = 0.5 on the marked token -> -log(0.5) = 0.693; p = 0.9 -> -log(0.1) = 2.303; unmarked ignored
+    logp = torch.log(torch.tensor([[0.5, 0.9, 0.99]]))
+    loss = prm.unlikelihood_loss(logp, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert abs(loss.item() - (0.693147 + 2.302585) / 2) < 1e-4
+    # nothing marked: zero, not NaN
+    assert prm.unlikelihood_loss(logp, torch.zeros(1, 3)).item() == 0.0
+    # the gradient lowers the marked token's log-prob (d loss / d logp > 0 => descent lowers it)
+    x = torch.log(torch.tensor([[0.5]])).requires_grad_()
+    prm.unlikelihood_loss(x, torch.ones(1, 1)).backward()
+    assert x.grad.item() > 0
