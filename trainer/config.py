@@ -177,10 +177,13 @@ class RAFTConfig(PolicyConfig):
     min_length_ratio: float = 0.15    # a kept answer has at least this share of the words of the prompt's median
                                       # sample: stricter than the gate's "far too short" (0.06 of the anchor's), so
                                       # no quip is taught (measured: a candidate answered "The storm.")
-    unlikelihood_weight: float = 1.0  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
-                                      # policy's own looping answers (0 = off). Measured (session 6-7 demos):
-                                      # a greedy answer that loops ("connected to a gear wheel, which is
-                                      # connected to a gear wheel") was the most frequent gate refusal
+    unlikelihood_weight: float = 0.0  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
+                                      # policy's own looping answers (0 = off). Why it exists: a greedy answer
+                                      # that loops ("connected to a gear wheel, which is connected to a gear
+                                      # wheel") was the gate's most frequent refusal. Why off: measured at 1.0
+                                      # (balanced demo, round 1, 8 loops / 157 tokens unlearned) it dominated
+                                      # the clipped gradient (norm 3.2) and hurt: KL to v0 6.1 vs 2.0 without,
+                                      # the probe answer became "La femme, la femme, ...", RM gain +0.03 vs +0.53
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples
