@@ -12,7 +12,7 @@ from trainer.rejection import _unlikelihood_step, find_loops
 
 def test_unlikelihood_step_unlearns_a_loop(tiny_model_dir, trained_rm, tmp_path):
     torch.set_num_threads(2)
-    config = RAFTConfig(lr=1e-3, max_new_tokens=16, unlikelihood_batch=1, micro_batch_size=1,
+    config = RAFTConfig(lr=1e-3, max_new_tokens=16, unlikelihood_weight=1.0, unlikelihood_batch=1, micro_batch_size=1,
                         unlikelihood_greedy=False, show_progress_bar=False, device="cpu", seed=0)
     job = PolicyJob(tiny_model_dir, tiny_model_dir, tmp_path / "out", prompts=[PromptItem([{"role": "user", "content": "hi"}])],
                     reward_model_dir=trained_rm[0])
