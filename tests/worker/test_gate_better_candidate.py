@@ -13,9 +13,12 @@ NOT PASSING YET, so it is off by default (RLHF_TEST_BETTER_CANDIDATE=1 runs it, 
 cores): session 6 measured two refusals. RAFT with 2 epochs (14 kept answers, 4 steps): KL 0.34,
 finished answers 23% vs v0's 15%, judge mean -0.10 (95% bound -0.50), one looping greedy answer
 ("...a mix of air and water in the atmosphere" twice). With 3 epochs on 30 prompts (15 kept, 6
-steps): KL 0.73, judge mean -0.29 (bound -0.88), one looping answer. The candidate is not clearly
-better, so the gate is right to refuse it; what is missing is a policy step that makes one (see
-the session 6 note), not a softer gate.
+steps): KL 0.73, judge mean -0.29 (bound -0.88), one looping answer. Session 7, with cut-off samples
+also ranked closed at their last sentence (30 kept answers, 12 steps): KL 2.59, finished answers 54%
+vs 15%, 0 degenerate, implicit preference 0.73 vs 0.50 on 22 held-out pairs — and still refused:
+the judge RM (trained on the pairs of 20 other prompts) gives mean -0.20, 95% bound -0.94 on 13
+prompts. The judge, trained on so few pairs, is the weak part now; a gate that trusted the
+candidate's own RM (held-out accuracy 1.0 here) would be the soft gate this test must not need.
 """
 import json
 import os
