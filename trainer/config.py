@@ -183,7 +183,9 @@ class RAFTConfig(PolicyConfig):
                                       # wheel") was the gate's most frequent refusal. Why off: measured at 1.0
                                       # (balanced demo, round 1, 8 loops / 157 tokens unlearned) it dominated
                                       # the clipped gradient (norm 3.2) and hurt: KL to v0 6.1 vs 2.0 without,
-                                      # the probe answer became "La femme, la femme, ...", RM gain +0.03 vs +0.53
+                                      # the probe answer became "La femme, la femme, ...", RM gain +0.03 vs +0.41;
+                                      # at 0.15, 2/40 held-out greedy answers degenerate vs 0/40 at 0
+                                      # (bench/results/raft_unlikelihood_ab.txt)
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples
