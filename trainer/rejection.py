@@ -79,16 +79,16 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # degenerate by the gate's definition, against what the policy usually says to that prompt
     # (its median-length sample) in place of the anchor's answer: a 2-word quip is "far too short"
     usual = [typical_answer(texts[p * m:p * m + k]) for p in range(len(messages))]
-    eligible = torch.tensor([(j < k or made[i])
+    samples = torch.tensor([i % m < k for i in range(len(responses))])   # the k real samples of each row
+    eligible = torch.tensor([(bool(samples[i]) or made[i])
                              and not (config.drop_degenerate and degenerate_reasons(
                                  t, user_text(messages[i // m]), anchor_answer=usual[i // m],
                                  min_length_ratio=config.min_length_ratio,
                                  max_repeated_ngram_share=config.max_repeated_ngram_share))
                              and (bool(has_eos[i]) or not config.require_eos)
-                             for i, t in enumerate(texts) for j in [i % m]]).view(-1, m)
+                             for i, t in enumerate(texts)]).view(-1, m)
     kept = prm.best_of_group(scores.view(-1, m), eligible, config.min_advantage, source=[j % k for j in range(m)])
     rows = [i * m + j for i, j in kept]
-    samples = torch.tensor([i % m < k for i in range(len(responses))])
     sample_stats = {
         "prompts": len(messages), "answers": int(samples.sum()), "kept": len(rows),
         "closed_candidates": sum(made), "kept_closed": sum(made[r] for r in rows),
@@ -107,7 +107,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # 2. the policy's own loops, to unlearn (sequence-level unlikelihood): repetitive samples, and
     # greedy answers to the same prompts that repeat themselves
     loops = find_loops(run, messages, [(prompts[i], responses[i], texts[i]) for i in range(len(responses))
-                                       if i % m < k], config) if config.unlikelihood_weight > 0 else []
+                                       if samples[i]], config) if config.unlikelihood_weight > 0 else []
     sample_stats.update(loops=len(loops), loop_tokens=sum(sum(mask) for _, _, mask in loops))
 
     # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included), plus the
@@ -195,13 +195,18 @@ def sample_candidates(run: OnlineRun, messages: list[list[dict]], config: RAFTCo
     if idx:
         s, r, e = run.score([messages[i // k] for i in idx], [closed[i] for i in idx])
         c_scores[idx], c_raw[idx], c_eos[idx] = s, r, e
-    order = [(src, i * k + j) for i in range(len(messages)) for src in (0, 1) for j in range(k)]
-    pick = lambda a, b: [b[x] if src else a[x] for src, x in order]  # noqa: E731
     closed_resp = [c if c is not None else r for c, r in zip(closed, responses)]
-    stack = lambda a, b: torch.stack(pick(list(a), list(b)))  # noqa: E731
-    return (pick(prompts, prompts), pick(responses, closed_resp), stack(scores, c_scores), stack(raw, c_raw),
-            stack(has_eos, c_eos), [bool(src and closed[x] is not None) for src, x in order])
+    made = [c is not None for c in closed]
+    return (_side_by_side(prompts, prompts, k), _side_by_side(responses, closed_resp, k),
+            _side_by_side(scores, c_scores, k), _side_by_side(raw, c_raw, k),
+            _side_by_side(has_eos, c_eos, k), _side_by_side([False] * len(made), made, k))
 
+
+def _side_by_side(a, b, k: int):
+    """Prompt-major rows of k items of `a` then the k matching items of `b` (lists or 1-D tensors)."""
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a.view(-1, k), b.view(-1, k)], 1).reshape(-1)
+    return [x for i in range(0, len(a), k) for x in list(a[i:i + k]) + list(b[i:i + k])]
 
 def close_cut_answers(run: OnlineRun, responses: list[list[int]], has_eos: torch.Tensor,
                       min_share: float) -> list[list[int] | None]:
