@@ -177,6 +177,12 @@ class RAFTConfig(PolicyConfig):
     min_length_ratio: float = 0.15    # a kept answer has at least this share of the words of the prompt's median
                                       # sample: stricter than the gate's "far too short" (0.06 of the anchor's), so
                                       # no quip is taught (measured: a candidate answered "The storm.")
+    replay_max: int = 48              # kept answers of earlier rounds replayed once in this round's fine-tuning (a
+                                      # random subset of the served version's raft_kept.jsonl: what it and its
+                                      # ancestors were taught); 0 = off. Llama 2's rejection-sampling rounds also
+                                      # trained on the best samples of all earlier iterations, against regressions:
+                                      # a round taught only its own few dozen answers drifts on everything else
+    replay_keep: int = 256            # kept answers a version's raft_kept.jsonl carries forward (newest first)
     unlikelihood_weight: float = 0.0  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
                                       # policy's own looping answers (0 = off). Why it exists: a greedy answer
                                       # that loops ("connected to a gear wheel, which is connected to a gear

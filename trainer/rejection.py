@@ -13,6 +13,12 @@ a 64-token budget most samples run past the limit, and "the same answer, stopped
 ends" is a candidate the policy nearly wrote. It is ranked by the RM like the rest — nothing says
 shorter wins — and when it is kept the policy learns to plan its answer to the budget.
 
+Earlier rounds' answers are replayed (`replay_max`): every version RAFT writes carries the answers it
+was taught (`raft_kept.jsonl`, with those of its ancestors), and the next round, which starts from
+that version, takes one more pass over a random subset of them beside its own answers — so a round
+of a few dozen answers does not unlearn what the earlier rounds taught (Llama 2 kept the best
+samples of all earlier iterations in each rejection-sampling round, for this reason).
+
 Loops are unlearned (`unlikelihood_weight`): the policy's own answers that repeat themselves — among
 the samples and its greedy answers to the round's prompts, the decoding the gate and the report
 use — add a sequence-level unlikelihood term (Welleck et al. 2019) on their repeated tokens to each
@@ -21,9 +27,11 @@ loops more under greedy decoding: the gate's most frequent refusal before this t
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -35,8 +43,9 @@ from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
 from trainer.device import autocast
 from trainer.online import OnlineRun
-from trainer.policy_base import PolicyJob, Progress, batches, log_step
+from trainer.policy_base import PolicyJob, Progress, log_step
 
+KEPT_FILE = "raft_kept.jsonl"   # in a RAFT version's folder: the answers it (and its ancestors) learned
 _SENTENCE_END = re.compile(r"[^\d\s][.!?][\"')\]]*$")     # "...word." but not a list number "2."
 _NOT_AN_END = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "st.", "no.")
 
@@ -110,9 +119,15 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
                                        if samples[i]], config) if config.unlikelihood_weight > 0 else []
     sample_stats.update(loops=len(loops), loop_tokens=sum(sum(mask) for _, _, mask in loops))
 
-    # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included), plus the
-    # unlikelihood of the looping tokens
-    plan = batches(rows, config.batch_size, config.epochs, rng)
+    # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included) and one pass over
+    # the replayed answers of earlier rounds, plus the unlikelihood of the looping tokens
+    earlier = read_kept(job.policy_dir)
+    replayed = rng.sample(earlier, min(len(earlier), config.replay_max))
+    first = len(prompts)
+    prompts = prompts + [r["prompt_ids"] for r in replayed]
+    responses = responses + [r["response_ids"] for r in replayed]
+    sample_stats.update(replayed=len(replayed), replay_pool=len(earlier))
+    plan = replay_plan(rows, list(range(first, len(prompts))), config.batch_size, config.epochs, rng)
     history: list[dict] = []
     bar = tqdm(total=len(plan), desc="raft", disable=not config.show_progress_bar)
     for step, batch in enumerate(plan, 1):
@@ -129,8 +144,37 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
             stats["unlikelihood"] = _unlikelihood_step(run, loops, step, config)
         log_step("raft", {**stats, "grad_norm": run.clip_and_step()}, len(plan), history, bar, progress)
     bar.close()
+    taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),
+               "prompt": user_text(messages[r // m]), "answer": texts[r]} for r in rows]
+    keep = (taught + earlier)[: config.replay_keep]
     return run.finish("raft", history, {**sample_stats, "k": config.k, "epochs": config.epochs},
-                      progress=progress)
+                      extra_save=lambda folder: write_kept(folder, keep), progress=progress)
+
+
+def replay_plan(rows: list, replay: list, size: int, epochs: int, rng: random.Random) -> list[list]:
+    """`epochs` reshuffled passes over `rows`, the first of them mixed with one pass over `replay`
+    (earlier rounds' answers: rehearsed once, not relearned `epochs` times), in batches of `size`."""
+    plan = []
+    for e in range(epochs):
+        order = list(rows) + (list(replay) if e == 0 else [])
+        rng.shuffle(order)
+        plan += [order[i:i + size] for i in range(0, len(order), size)]
+    return plan
+
+
+def read_kept(folder: str | Path) -> list[dict]:
+    """The answers a RAFT version was taught, newest first ([] for any other folder). Each record:
+    prompt_ids, response_ids (EOS included; the deployment's tokenizer), prompt, answer (text)."""
+    path = Path(folder) / KEPT_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_kept(folder: str | Path, records: list[dict]) -> None:
+    with (Path(folder) / KEPT_FILE).open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
 
 
 def typical_answer(texts: list[str]) -> str:

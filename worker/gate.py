@@ -73,13 +73,58 @@ def gate_prompt_set(heldout: list[PromptItem], extra: list[PromptItem], limit: i
     return out[:limit]
 
 
+ANSWERS_FILE = "gate_answers.json"   # in a version's folder: its greedy answers at its own gate
+
+
+def answers_cache(settings: Settings, model_dir: str | Path) -> Path:
+    """Where the gate records greedy answers of a folder it did not write (the served version's
+    when it predates this file, the anchor's): one file per folder and weights under the data dir
+    (the weights' size and mtime in the key, so a folder rewritten in place is a new entry)."""
+    import hashlib
+    weights = sorted(Path(model_dir).glob("*.safetensors"))
+    stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+    digest = hashlib.sha256(repr((str(Path(model_dir).resolve()), stamp)).encode()).hexdigest()[:16]
+    return Path(settings.data_dir) / "gate_answers" / f"{digest}.json"
+
+
+def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tokens: int,
+                   record: Path) -> tuple[list[str], list[bool]]:
+    """(answers, finished) of greedy decoding, reusing the answers recorded earlier for the same
+    folder, prompt and token budget — in the folder's own ANSWERS_FILE (written at its gate, when it
+    was the candidate) or in `record` — and generating only the rest, which are added to `record`.
+    A published version's weights never change, so neither does its greedy answer: from round 2 on
+    the gate decodes the candidate alone, not served and anchor again (two thirds of its decoding).
+    Greedy answers batched with other prompts can differ in rare last-digit ties; either is the
+    version's answer."""
+    import json
+
+    from trainer.evaluate import generate_finished
+    known: dict = {}
+    for f in (Path(model_dir) / ANSWERS_FILE, record):
+        if f.exists():
+            data = json.loads(f.read_text())
+            known.update(data.get(str(max_new_tokens), {}))
+    keys = [json.dumps(prompt_messages(p), sort_keys=True) for p in prompts]
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        answers, finished = generate_finished(model_dir, [prompts[i] for i in todo], max_new_tokens, greedy=True)
+        fresh = {keys[i]: [a, f] for i, a, f in zip(todo, answers, finished)}
+        known.update(fresh)
+        mine = json.loads(record.read_text()) if record.exists() else {}
+        mine.setdefault(str(max_new_tokens), {}).update(fresh)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(mine))
+        tmp.replace(record)
+    return [known[k][0] for k in keys], [bool(known[k][1]) for k in keys]
+
+
 def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptItem], settings: Settings,
              judges: Sequence[Path] = (), own_rm: Path | None = None, own_rm_accuracy: float | None = None,
              eval_pairs: list | None = None) -> dict:
     """judges: independent RMs (newest first); own_rm: the RM the candidate was optimised against
     (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy."""
-    from trainer.evaluate import (check_finite, generate_finished, implicit_preference_accuracies,
-                                  kl_to_references)
+    from trainer.evaluate import check_finite, implicit_preference_accuracies, kl_to_references
 
     reasons: list[str] = []
     metrics: dict = {}
@@ -91,9 +136,9 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     prompts = [probe] + [p for p in prompts[: settings.gate_eval_prompts]
                          if user_text(prompt_messages(p)) != settings.probe_prompt]
     n = settings.gate_max_new_tokens
-    new, new_done = generate_finished(candidate, prompts, max_new_tokens=n, greedy=True)
-    old, old_done = generate_finished(served, prompts, max_new_tokens=n, greedy=True)
-    base = old if Path(served) == Path(anchor) else generate_finished(anchor, prompts, max_new_tokens=n, greedy=True)[0]
+    new, new_done = greedy_answers(candidate, prompts, n, Path(candidate) / ANSWERS_FILE)
+    old, old_done = greedy_answers(served, prompts, n, answers_cache(settings, served))
+    base = old if Path(served) == Path(anchor) else greedy_answers(anchor, prompts, n, answers_cache(settings, anchor))[0]
     metrics.update(gate_prompts=len(prompts), probe_answer=new[0],
                    finished_share=sum(new_done) / len(new), finished_share_served=sum(old_done) / len(old))
 

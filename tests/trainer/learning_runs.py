@@ -15,6 +15,7 @@ from trainer.config import DPOConfig, KTOConfig, OnlineDPOConfig, PPOConfig, RAF
 from trainer.evaluate import check_finite, generate_answers, kl_between
 from trainer.modeling import load_tokenizer
 from trainer.policy_base import META_FILE, PolicyJob
+from trainer.rejection import read_kept
 
 MAX_NEW = 16
 KL_BUDGET = 12.0     # nats per 16-token answer to the anchor
@@ -79,6 +80,13 @@ def three_runs(name: str, tiny_model_dir: Path, rm_dir: Path | None, work: Path,
                       "beta": result.get("kl_coef"), "train_seconds": result["seconds"],
                       "device": result["device"]})
         assert math.isfinite(kl) and kl <= KL_BUDGET, trace
+        if name == "raft":
+            # each run also rehearses the answers its parent (and the parent's ancestors) learned
+            taught = read_kept(out)
+            assert len(taught) == result["kept"] + min(result["replay_pool"], config.replay_keep - result["kept"])
+            assert result["replayed"] == min(result["replay_pool"], config.replay_max)
+            assert (result["replay_pool"] > 0) == (run > 1)   # the anchor has nothing to replay
+            trace[-1]["replayed"] = result["replayed"]
         if algorithms.get(name).uses_kl_controller:
             # β resumes from the parent's controller and moves within the run
             assert result["kl_coef_start"] == (kl_state["value"] if kl_state else config.init_kl_coef), trace

@@ -1,0 +1,57 @@
+"""The gate's record of greedy answers (worker/gate.py `greedy_answers`): a version's answers are
+decoded once per prompt and token budget and reused by later gates — from the version's own
+folder (written when it was the candidate) or from the data dir's record for folders the gate did
+not write (the anchor). Tiny model, no engine."""
+import json
+
+import torch
+
+import trainer.evaluate
+from common.settings import Settings
+from trainer.data import PromptItem
+from trainer.evaluate import generate_finished
+from worker.gate import ANSWERS_FILE, answers_cache, greedy_answers
+
+
+def _prompts(n: int) -> list[PromptItem]:
+    return [PromptItem([{"role": "user", "content": f"Tell me about topic {i}."}]) for i in range(n)]
+
+
+def test_greedy_answers_are_recorded_and_reused(tiny_model_dir, tmp_path, monkeypatch):
+    torch.set_num_threads(2)
+    record = tmp_path / "record.json"
+    first = greedy_answers(tiny_model_dir, _prompts(3), 8, record)
+    assert first == generate_finished(tiny_model_dir, _prompts(3), 8, greedy=True)
+    decoded = []
+    real = trainer.evaluate.generate_finished
+    monkeypatch.setattr(trainer.evaluate, "generate_finished",
+                        lambda d, ps, *a, **k: decoded.append(len(ps)) or real(d, ps, *a, **k))
+    again = greedy_answers(tiny_model_dir, _prompts(4), 8, record)
+    assert decoded == [1]                                  # only the prompt not seen before
+    assert again[0][:3] == first[0] and again[1][:3] == first[1]
+    greedy_answers(tiny_model_dir, _prompts(1), 4, record)  # another token budget: decoded anew
+    assert decoded == [1, 1]
+    assert set(json.loads(record.read_text())) == {"8", "4"}
+
+
+def test_a_folder_s_own_answers_file_is_read(tiny_model_dir, tmp_path, monkeypatch):
+    # what a candidate's gate leaves in its folder is what the next gate reads for it as served
+    own = tmp_path / "own.json"
+    answers, finished = greedy_answers(tiny_model_dir, _prompts(2), 8, own)
+    monkeypatch.setattr(trainer.evaluate, "generate_finished", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    # the same records, found as the folder's ANSWERS_FILE: nothing is decoded
+    folder = tmp_path / "version"
+    folder.mkdir()
+    (folder / ANSWERS_FILE).write_text(own.read_text())
+    assert greedy_answers(folder, _prompts(2), 8, tmp_path / "unused.json") == (answers, finished)
+
+
+def test_the_record_of_a_folder_changes_with_its_weights(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    folder = tmp_path / "v0"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"one")
+    before = answers_cache(settings, folder)
+    assert before == answers_cache(settings, folder) and before.parent == tmp_path / "data" / "gate_answers"
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    assert answers_cache(settings, folder) != before
