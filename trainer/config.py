@@ -196,6 +196,10 @@ class RAFTConfig(PolicyConfig):
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples
     unlikelihood_batch: int = 8       # looping answers in each step's unlikelihood term (cycled)
+    loop_check: bool = True           # after fine-tuning, decode the round's prompts greedily (as the gate does); if
+                                      # some answers are degenerate, keep the epoch-end weights with the fewest
+                                      # (trainer/rejection.check_loops): a round that sharpened the policy into
+                                      # loops gives back its last epoch rather than the whole round
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
 

@@ -19,7 +19,12 @@ that version, takes one more pass over a random subset of them beside its own an
 of a few dozen answers does not unlearn what the earlier rounds taught (Llama 2 kept the best
 samples of all earlier iterations in each rejection-sampling round, for this reason).
 
-Loops are unlearned (`unlikelihood_weight`): the policy's own answers that repeat themselves — among
+Loops are checked before the policy leaves (`loop_check`): its greedy answers to the round's prompts
+(the decoding the gate and the report use), after the last epoch and, while some are degenerate, after
+the earlier ones; it keeps the epoch with the fewest. Fine-tuning sharpens a small model, and a sharper
+one loops more under greedy decoding; the round's own prompts show it before the gate's held-out ones.
+
+Loops can also be unlearned (`unlikelihood_weight`, off): the policy's own answers that repeat themselves — among
 the samples and its greedy answers to the round's prompts, the decoding the gate and the report
 use — add a sequence-level unlikelihood term (Welleck et al. 2019) on their repeated tokens to each
 step. Likelihood training on a few dozen answers sharpens the policy, and a sharper small model
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -128,9 +134,11 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     responses = responses + [r["response_ids"] for r in replayed]
     sample_stats.update(replayed=len(replayed), replay_pool=len(earlier))
     plan = replay_plan(rows, list(range(first, len(prompts))), config.batch_size, config.epochs, rng)
+    batches = [(e, b) for e, epoch in enumerate(plan) for b in epoch]
     history: list[dict] = []
-    bar = tqdm(total=len(plan), desc="raft", disable=not config.show_progress_bar)
-    for step, batch in enumerate(plan, 1):
+    snapshots: list[dict] = []     # the weights at the end of each epoch but the last (loop_check)
+    bar = tqdm(total=len(batches), desc="raft", disable=not config.show_progress_bar)
+    for step, (epoch, batch) in enumerate(batches, 1):
         total = 0.0
         for s in range(0, len(batch), config.micro_batch_size):
             micro = batch[s:s + config.micro_batch_size]
@@ -142,8 +150,17 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         stats = {"step": step, "nll": total}
         if loops:
             stats["unlikelihood"] = _unlikelihood_step(run, loops, step, config)
-        log_step("raft", {**stats, "grad_norm": run.clip_and_step()}, len(plan), history, bar, progress)
+        log_step("raft", {**stats, "grad_norm": run.clip_and_step()}, len(batches), history, bar, progress)
+        if config.loop_check and step < len(batches) and batches[step][0] != epoch:
+            snapshots.append({k: v.detach().clone() for k, v in run.actor.state_dict().items()})
     bar.close()
+    if config.loop_check:
+        check = check_loops(run, messages, usual, snapshots, config)
+        counts = check["degenerate_greedy"]
+        sample_stats.update(loop_check=check, loop_check_kept_epoch=check["kept_epoch"],   # flat: version metadata
+                            loop_check_degenerate_last=counts[str(check["of_epochs"])],
+                            loop_check_degenerate_kept=counts[str(check["kept_epoch"])],
+                            loop_check_seconds=check["seconds"])
     taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),
                "prompt": user_text(messages[r // m]), "answer": texts[r]} for r in rows]
     keep = (taught + earlier)[: config.replay_keep]
@@ -151,15 +168,65 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
                       extra_save=lambda folder: write_kept(folder, keep), progress=progress)
 
 
-def replay_plan(rows: list, replay: list, size: int, epochs: int, rng: random.Random) -> list[list]:
+def replay_plan(rows: list, replay: list, size: int, epochs: int, rng: random.Random) -> list[list[list]]:
     """`epochs` reshuffled passes over `rows`, the first of them mixed with one pass over `replay`
-    (earlier rounds' answers: rehearsed once, not relearned `epochs` times), in batches of `size`."""
+    (earlier rounds' answers: rehearsed once, not relearned `epochs` times): per epoch, its batches
+    of `size`."""
     plan = []
     for e in range(epochs):
         order = list(rows) + (list(replay) if e == 0 else [])
         rng.shuffle(order)
-        plan += [order[i:i + size] for i in range(0, len(order), size)]
+        plan.append([order[i:i + size] for i in range(0, len(order), size)])
     return plan
+
+
+def fewest_loops(counts: dict[int, int]) -> int:
+    """The epoch (key) whose weights gave the fewest degenerate greedy answers; the later on a tie
+    (it learned more at the same health)."""
+    return min(counts, key=lambda e: (counts[e], -e))
+
+
+@torch.no_grad()
+def check_loops(run: OnlineRun, messages: list[list[dict]], usual: list[str], snapshots: list[dict],
+                config: RAFTConfig) -> dict:
+    """Greedy answers to the round's prompts (the decoding the gate and the report use) after the
+    last epoch; while some are degenerate, the same for the earlier epochs' weights (`snapshots`,
+    newest last), back to one with none. The policy keeps the epoch with the fewest (`fewest_loops`).
+    Why: a sharper small model loops more under greedy decoding, and a loop in 1 of ~33 gate answers
+    was the gate's most frequent refusal (sessions 7 and 9); the round's own prompts show it first."""
+    started = time.time()
+    last = len(snapshots)
+    final = {k: v.detach().clone() for k, v in run.actor.state_dict().items()} if snapshots else None
+    states = snapshots + [final]
+    counts: dict[int, int] = {}
+    examples: dict[int, str] = {}
+    for e in range(last, -1, -1):
+        if e != last:
+            run.actor.load_state_dict(states[e])
+        bad = _degenerate_greedy(run, messages, usual, config)
+        counts[e] = len(bad)
+        if bad:
+            examples[e] = bad[0][:160]
+        if not bad:
+            break
+    chosen = fewest_loops(counts)
+    if chosen != min(counts):            # the weights loaded now are those of the earliest epoch checked
+        run.actor.load_state_dict(states[chosen])
+    return {"degenerate_greedy": {str(e + 1): counts[e] for e in sorted(counts)}, "prompts": len(messages),
+            "kept_epoch": chosen + 1, "of_epochs": last + 1, "seconds": round(time.time() - started, 1),
+            "examples": {str(e + 1): t for e, t in sorted(examples.items())}}
+
+
+def _degenerate_greedy(run: OnlineRun, messages: list[list[dict]], usual: list[str], config: RAFTConfig) -> list[str]:
+    """The policy's greedy answers to `messages` that are degenerate by the gate's definition (against
+    the prompt's typical sample); without `drop_degenerate` (text that is not language) only loops."""
+    greedy = replace(run.sampling, greedy=True)
+    with autocast(run.device):
+        answers = run.generator.generate([run.prompt_ids(m) for m in messages], greedy)
+    texts = run.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    if not config.drop_degenerate:
+        return [t for t in texts if repeated_ngram_share(words(t), 3) > 0.25]
+    return [t for t, msg, u in zip(texts, messages, usual) if degenerate_reasons(t, user_text(msg), anchor_answer=u)]
 
 
 def read_kept(folder: str | Path) -> list[dict]:

@@ -4,11 +4,12 @@ round-trips. (Three consecutive tiny-model RAFT runs replaying their parents' an
 tests/trainer/test_algorithms_learning.py.)"""
 import random
 
-from trainer.rejection import KEPT_FILE, read_kept, replay_plan, write_kept
+from trainer.rejection import KEPT_FILE, fewest_loops, read_kept, replay_plan, write_kept
 
 
 def test_replay_plan_rehearses_earlier_answers_once():
-    plan = replay_plan([0, 1, 2], [10, 11], size=2, epochs=2, rng=random.Random(0))
+    epochs = replay_plan([0, 1, 2], [10, 11], size=2, epochs=2, rng=random.Random(0))
+    plan = [b for epoch in epochs for b in epoch]
     flat = [x for b in plan for x in b]
     # epoch 1: 3 new + 2 replayed = 5 items in batches 2, 2, 1; epoch 2: the 3 new ones in 2, 1
     assert [len(b) for b in plan] == [2, 2, 1, 2, 1]
@@ -18,7 +19,7 @@ def test_replay_plan_rehearses_earlier_answers_once():
 
 def test_replay_plan_without_replay_is_plain_epochs():
     plan = replay_plan([0, 1, 2, 3], [], size=4, epochs=3, rng=random.Random(1))
-    assert [sorted(b) for b in plan] == [[0, 1, 2, 3]] * 3
+    assert [[sorted(b) for b in epoch] for epoch in plan] == [[[0, 1, 2, 3]]] * 3
 
 
 def test_kept_answers_round_trip(tmp_path):
@@ -27,3 +28,9 @@ def test_kept_answers_round_trip(tmp_path):
                {"prompt_ids": [3], "response_ids": [7, 0], "prompt": "yo", "answer": "c"}]
     write_kept(tmp_path, records)
     assert (tmp_path / KEPT_FILE).exists() and read_kept(tmp_path) == records
+
+
+def test_fewest_loops_keeps_the_healthiest_epoch_and_the_later_on_a_tie():
+    assert fewest_loops({1: 2, 0: 0}) == 0          # the last epoch looped, the first did not
+    assert fewest_loops({1: 0}) == 1                # the last epoch is healthy: nothing else decoded
+    assert fewest_loops({2: 1, 1: 3, 0: 1}) == 2    # none healthy: fewest, then the latest
