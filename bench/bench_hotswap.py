@@ -1,5 +1,6 @@
 """Hot-swap under load: time from deploy (registry CURRENT + pub/sub) to the first answer
-produced by the new version, failed requests during the swap, and the latency bump.
+produced by the new version and to the swap being done (the replica's /health serves it), failed
+requests during the swap, and the latency bump.
 
     .venv/bin/python bench/bench_hotswap.py                 # SmolLM2-135M-Instruct
     .venv/bin/python bench/bench_hotswap.py --model tiny    # tiny random Llama (fast)
@@ -35,6 +36,27 @@ def perturbed_copy(src: Path, dst: Path, scale: float = 0.02) -> Path:
     model.save_pretrained(dst, safe_serialization=True)
     AutoTokenizer.from_pretrained(src).save_pretrained(dst)
     return dst
+
+
+def swap_done(url: str, target: str, t_deploy: float, timeout_s: float = 120.0) -> dict:
+    """Poll the replica's /health every 10 ms until it serves `target`: deploy -> swap done (the new
+    weights answer every request admitted from then on), and the replica's own account of the swap
+    (weight load + probe, and how long it waited for in-flight requests to drain). The first-answer
+    figure adds the length of one request under load on top of this."""
+    import httpx
+
+    with httpx.Client(timeout=5.0) as client:
+        while time.perf_counter() - t_deploy < timeout_s:
+            try:
+                state = client.get(f"{url}/health").json()
+            except (httpx.HTTPError, ValueError):
+                state = {}
+            if state.get("version") == target and state.get("status") == "serving":
+                last = state.get("last_swap") or {}
+                return {"deploy_to_swap_done_s": round(time.perf_counter() - t_deploy, 3),
+                        "swap_s": last.get("seconds"), "drained_s": last.get("drained_s")}
+            time.sleep(0.01)
+    return {"deploy_to_swap_done_s": None, "swap_s": None, "drained_s": None}
 
 
 def main() -> None:
@@ -82,6 +104,7 @@ def main() -> None:
                     target = v1 if i % 2 == 0 else "v0"
                     t_deploy = time.perf_counter()
                     ops.deploy(settings, target, actor="bench")
+                    done = swap_done(srv.url, target, t_deploy)
                     while not any(v == target and s >= t_deploy for s, _, v, _ in load.records):
                         # first answer *started* after the deploy and produced by the new version
                         if time.perf_counter() - t_deploy > 120:
@@ -90,7 +113,7 @@ def main() -> None:
                     first = min((e for s, e, v, _ in load.records if v == target and s >= t_deploy), default=None)
                     swaps.append({"to": target, "t_deploy": t_deploy, "t_first": first,
                                   "deploy_to_first_answer_s":
-                                  None if first is None else round(first - t_deploy, 3)})
+                                  None if first is None else round(first - t_deploy, 3), **done})
                     time.sleep(args.settle)
             recs = load.records
     import shutil
@@ -104,12 +127,15 @@ def main() -> None:
         w.pop("t_deploy"), w.pop("t_first")
     failures = [r for r in recs if r[3] != 200]
     ttfa = [s["deploy_to_first_answer_s"] for s in swaps if s["deploy_to_first_answer_s"] is not None]
+    swapped = [s["deploy_to_swap_done_s"] for s in swaps if s["deploy_to_swap_done_s"] is not None]
     result = {
         "name": "hotswap", "command": " ".join(["python"] + sys.argv), "machine": machine_facts(),
         "model": str(base), "clients": args.clients, "stream_clients": args.stream_clients, "max_tokens": args.max_tokens,
         "publish_copy_s": round(publish_s, 3), "swaps": swaps,
         "deploy_to_first_answer_s": {"mean": round(sum(ttfa) / len(ttfa), 3) if ttfa else None,
                                      "max": max(ttfa) if ttfa else None},
+        "deploy_to_swap_done_s": {"mean": round(sum(swapped) / len(swapped), 3) if swapped else None,
+                                  "max": max(swapped) if swapped else None},
         "requests": len(recs), "failed_requests": len(failures),
         "latency_p99_ms_outside_swaps": round(1000 * percentile(outside, 99), 1),
         "latency_p99_ms_during_swaps": round(1000 * percentile(during, 99), 1) if during else None,
@@ -122,7 +148,8 @@ def main() -> None:
                   "0 failed requests (issue 13)",
     }
     print(write_result(f"hotswap-{'tiny' if args.model == 'tiny' else 'smollm2'}", result))
-    print({k: result[k] for k in ("deploy_to_first_answer_s", "requests", "failed_requests", "latency_ms")})
+    print({k: result[k] for k in ("deploy_to_first_answer_s", "deploy_to_swap_done_s", "requests", "failed_requests",
+                                  "latency_ms")})
 
 
 if __name__ == "__main__":

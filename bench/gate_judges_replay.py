@@ -1,0 +1,119 @@
+"""Which reward models should judge the gate? Replays each published candidate's gate decision of a
+finished demo from the greedy answers the gate recorded (the candidate's `gate_answers.json`, the
+served version's in its folder or the data dir's cache), under several judge ensembles, and sets
+each against the truth the demo knows and the gate does not: the hidden preference of its
+simulated users on the same answers.
+
+    .venv/bin/python bench/gate_judges_replay.py DEMO_OUT [--preference balanced]
+
+Ensembles: the gate's own (independent RMs: never the one the candidate was optimised against),
+"own + independent" (the candidate's RM averaged with them) and "own alone" (what the issue says
+an optimiser always wins against). Per candidate and ensemble: mean normalised gain, its paired
+bootstrap 95% lower bound (the gate's test), whether it would pass, the share of prompts where the
+judged sign agrees with the hidden one, and the correlation of judged and hidden per-prompt gains.
+Writes bench/results/gate_judges_replay-<demo folder name>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import write_result  # noqa: E402
+
+
+def recorded(folder: Path, cache: Path, budget: int) -> dict:
+    """prompt key -> [answer, finished] the gate recorded for a version folder at this token budget."""
+    known: dict = {}
+    for f in (folder / "gate_answers.json", cache):
+        if f.exists():
+            known.update(json.loads(f.read_text()).get(str(budget), {}))
+    return known
+
+
+def correlation(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return None
+    return round(statistics.correlation(xs, ys), 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("demo_out", type=Path)
+    ap.add_argument("--preference", default=None, help="the demo's --preference (default: read from report.md)")
+    args = ap.parse_args()
+
+    from common import artifacts
+    from common.registry import ModelRegistry
+    from common.settings import Settings
+    from demo.personas import hidden_score
+    from trainer.data import PromptItem
+    from worker.gate import _judged_diffs, answers_cache, paired_bootstrap_lower_bound
+
+    out = args.demo_out
+    preference = args.preference or _preference_from_report(out)
+    settings = Settings(data_dir=out / "data")
+    budget = settings.gate_max_new_tokens
+    reg = ModelRegistry(settings.models_dir)
+    rms = artifacts.reward_models(settings)
+    rows = []
+    for version in reg.versions():
+        meta = reg.metadata(version)
+        gate = meta.get("gate")
+        if not gate:
+            continue
+        served = meta["parent"]
+        new = recorded(reg.path(version), answers_cache(settings, reg.path(version)), budget)
+        old = recorded(reg.path(served), answers_cache(settings, reg.path(served)), budget)
+        keys = [k for k in new if k in old]
+        prompts = [PromptItem(json.loads(k)) for k in keys]
+        texts = [p.messages[-1]["content"] for p in prompts]
+        cand = ([new[k][0] for k in keys], [bool(new[k][1]) for k in keys])
+        base = ([old[k][0] for k in keys], [bool(old[k][1]) for k in keys])
+        truth = [hidden_score(a, f, t, preference) - hidden_score(b, g, t, preference)
+                 for a, f, b, g, t in zip(*cand, *base, texts)]
+        judges = [rms.path(j) for j in gate["metrics"].get("judges", []) if rms.exists(j)]
+        own = [rms.path(meta["reward_model"])] if meta.get("reward_model") else []
+        ensembles = {"gate (independent)": judges, "own + independent": own + [j for j in judges if j not in own],
+                     "own alone": own}
+        row = {"version": version, "served": served, "gate_passed": gate["passed"], "prompts": len(keys),
+               "own_rm": meta.get("reward_model"), "independent": [j.name for j in judges],
+               "hidden_gain_mean": round(sum(truth) / len(truth), 4) if truth else None,
+               "hidden_win_share": round(sum(d > 0 for d in truth) / len(truth), 3) if truth else None,
+               "hidden_gain_lower_bound": round(paired_bootstrap_lower_bound(truth), 4) if truth else None,
+               "gate_reasons": gate.get("reasons", []), "ensembles": {}}
+        for name, dirs in ensembles.items():
+            if not dirs or not keys:
+                continue
+            diffs = _judged_diffs(dirs, prompts, cand, base)
+            bound = paired_bootstrap_lower_bound(diffs)
+            row["ensembles"][name] = {
+                "judges": [d.name for d in dirs], "mean": round(sum(diffs) / len(diffs), 4),
+                "lower_bound": round(bound, 4), "would_pass_gain_test": bound > settings.gate_min_rm_gain,
+                "sign_agreement": round(sum((d > 0) == (t > 0) for d, t in zip(diffs, truth)) / len(diffs), 3),
+                "correlation_with_hidden": correlation(diffs, truth)}
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("version", "served", "prompts", "hidden_gain_mean",
+                                              "hidden_gain_lower_bound", "hidden_win_share")}))
+        for name, e in row["ensembles"].items():
+            print(f"   {name:20s} {e}")
+    result = {"name": "gate_judges_replay", "command": " ".join(["python"] + sys.argv), "demo": str(out),
+              "preference": preference, "gate_min_rm_gain": settings.gate_min_rm_gain, "candidates": rows}
+    print(write_result(f"gate_judges_replay-{out.name}", result))
+
+
+def _preference_from_report(out: Path) -> str:
+    import re
+    report = (out / "report.md").read_text() if (out / "report.md").exists() else ""
+    m = re.search(r"preference[^\w]+(\w+)", report)
+    if not m:
+        raise SystemExit("pass --preference: report.md does not name it")
+    return m.group(1)
+
+
+if __name__ == "__main__":
+    main()
