@@ -44,6 +44,8 @@ def correlation(xs: list[float], ys: list[float]) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("demo_out", type=Path)
+    ap.add_argument("--budget", type=int, default=None,
+                    help="the gate's token budget (default: the one the candidates' answers were recorded at)")
     ap.add_argument("--preference", default=None, help="the demo's --preference (default: read from report.md)")
     args = ap.parse_args()
 
@@ -57,7 +59,7 @@ def main() -> None:
     out = args.demo_out
     preference = args.preference or _preference_from_report(out)
     settings = Settings(data_dir=out / "data")
-    budget = settings.gate_max_new_tokens
+    budget = args.budget or _recorded_budget(settings.models_dir)
     reg = ModelRegistry(settings.models_dir)
     rms = artifacts.reward_models(settings)
     rows = []
@@ -102,8 +104,15 @@ def main() -> None:
         for name, e in row["ensembles"].items():
             print(f"   {name:20s} {e}")
     result = {"name": "gate_judges_replay", "command": " ".join(["python"] + sys.argv), "demo": str(out),
-              "preference": preference, "gate_min_rm_gain": settings.gate_min_rm_gain, "candidates": rows}
+              "preference": preference, "budget": budget, "gate_min_rm_gain": settings.gate_min_rm_gain, "candidates": rows}
     print(write_result(f"gate_judges_replay-{out.name}", result))
+
+
+def _recorded_budget(models: Path) -> int:
+    budgets = {b for f in models.glob("*/gate_answers.json") for b in json.loads(f.read_text())}
+    if len(budgets) != 1:
+        raise SystemExit(f"pass --budget: the recorded gate answers have budgets {sorted(budgets)}")
+    return int(budgets.pop())
 
 
 def _preference_from_report(out: Path) -> str:
