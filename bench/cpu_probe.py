@@ -3,7 +3,7 @@ SmolLM2-135M-Instruct forward + backward on 8 x 160 random tokens with 2 torch t
 
     .venv/bin/python bench/cpu_probe.py
 
-Session 5 measured 5.6 s/step (6.0 s beside an idle `rlhf serve`); session 10 8.5-9.7 s/step.
+Session 5 measured 5.6 s/step (6.0 s beside an idle `rlhf serve`); session 10 7.9-10.1 s/step.
 """
 import sys
 import time
