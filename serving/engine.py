@@ -163,11 +163,11 @@ class Engine:
                             t.view(-1).view(torch.uint8).numpy()).hexdigest()
         return found
 
-    async def _verify_weights(self, version: str, path: str) -> tuple[int, str]:
-        """Check the live weights are the new file's (and, for a version served before, the
-        same bytes as then); raise SwapError if not. Returns (tensors compared, detail)."""
+    async def _verify_weights(self, version: str, path: str, expected: dict[str, str]) -> tuple[int, str]:
+        """Check the live weights are the new file's (`expected`: its digests, read before the
+        pause) and, for a version served before, the same bytes as then; raise SwapError if not.
+        Returns (tensors compared, detail)."""
         live = await self._live_digests()
-        expected = await asyncio.to_thread(self._file_digests, path, self._comparable)
         bad = [n for n, d in expected.items() if live.get(n) != d]
         if bad:
             raise SwapError(f"live weights differ from {path} in {len(bad)} tensors "
@@ -249,12 +249,18 @@ class Engine:
         paused = False
         extra: dict[str, Any] = {}
         try:
+            # the new file's digests before pausing: reading them (and so warming the page cache
+            # for the reload) does not need a paused engine, and users wait only while it is paused
+            expected = await asyncio.to_thread(self._file_digests, path, self._comparable)
+            extra["prepared_s"] = round(time.perf_counter() - t0, 4)
+            t_pause = time.perf_counter()
             kept = await self._pause()
             paused = True
-            extra["drained_s"] = round(time.perf_counter() - t0, 4)
+            extra["drained_s"] = round(time.perf_counter() - t_pause, 4)
             extra["kept_requests"] = kept
             await self._reload(version, path, kept)
-            checked, detail = await self._verify_weights(version, path)
+            checked, detail = await self._verify_weights(version, path, expected)
+            extra["paused_s"] = round(time.perf_counter() - t_pause, 4)
             await self.llm.resume_generation()
             paused = False
             self.version, self.path = version, path

@@ -68,7 +68,8 @@ class HotSwapper:
                 "last_swap": None if last is None else {
                     "version": last.version, "ok": last.ok, "seconds": round(last.seconds, 4),
                     "checked_tensors": last.checked_tensors, "error": last.error,
-                    "drained_s": last.extra.get("drained_s"),
+                    "prepared_s": last.extra.get("prepared_s"), "drained_s": last.extra.get("drained_s"),
+                    "paused_s": last.extra.get("paused_s"),
                     "kept_requests": last.extra.get("kept_requests")}}
 
     async def run(self) -> None:
