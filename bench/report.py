@@ -166,15 +166,20 @@ def hotswap(t: Table) -> None:
         label = name.split("-", 1)[1]
         mx = (d.get("deploy_to_first_answer_s") or {}).get("max")
         t.add("hot-swap", f"{label} deploy → first answer of new version, max s", mx, None, None,
-              "< 3 s", None if mx is None else mx < 3.0,
-              "reload + greedy probe + checksum verification run while the engine is paused"
+              "< 1 s", None if mx is None else mx < 1.0,
+              "the engine is paused for the drain, the reload and the live-digest compare (paused_s per "
+              "swap in the JSON), and one request after it takes as long as any under this load"
               + _load_note(d))
+        done = (d.get("deploy_to_swap_done_s") or {}).get("max")
+        if done is not None:
+            t.add("hot-swap", f"{label} deploy → replica reports the swap done, max s", done, None, None, None, None)
+        for k, v in d.items():  # the p99 bump during swaps (issue 13: <= 1.5x)
+            if "bump" in k and isinstance(v, (int, float)):
+                t.add("hot-swap", f"{label} {k}", v, None, None, "≤ 1.5x", v <= 1.5,
+                      "requests admitted during a swap wait for the pause" + _load_note(d))
         t.add("hot-swap", f"{label} failed requests during swaps ({d.get('requests')} sent)",
               d.get("failed_requests"), None, None, "0", d.get("failed_requests") == 0,
               "see the error samples in the JSON")
-        for k, v in d.items():  # a latency bump, when the bench reports one
-            if "bump" in k and isinstance(v, (int, float)):
-                t.add("hot-swap", f"{label} {k}", v, None, None, None, None)
         lat = d.get("latency_ms") or {}
         t.add("hot-swap", f"{label} latency p99 ms over the whole run (swaps included)",
               lat.get("p99"), None, None, None, None)
