@@ -26,15 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import write_result  # noqa: E402
 
 
-def recorded(folder: Path, cache: Path, budget: int) -> dict:
-    """prompt key -> [answer, finished] the gate recorded for a version folder at this token budget."""
-    known: dict = {}
-    for f in (folder / "gate_answers.json", cache):
-        if f.exists():
-            known.update(json.loads(f.read_text()).get(str(budget), {}))
-    return known
-
-
 def correlation(xs: list[float], ys: list[float]) -> float | None:
     if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
         return None
@@ -54,7 +45,8 @@ def main() -> None:
     from common.settings import Settings
     from demo.personas import hidden_score
     from trainer.data import PromptItem
-    from worker.gate import _judged_diffs, answers_cache, paired_bootstrap_lower_bound
+    from trainer.data import prompt_messages, user_text
+    from worker.gate import answers_cache, judged_diffs, paired_bootstrap_lower_bound, recorded_answers
 
     out = args.demo_out
     preference = args.preference or _preference_from_report(out)
@@ -69,11 +61,11 @@ def main() -> None:
         if not gate:
             continue
         served = meta["parent"]
-        new = recorded(reg.path(version), answers_cache(settings, reg.path(version)), budget)
-        old = recorded(reg.path(served), answers_cache(settings, reg.path(served)), budget)
+        new = recorded_answers(reg.path(version), answers_cache(settings, reg.path(version)), budget)
+        old = recorded_answers(reg.path(served), answers_cache(settings, reg.path(served)), budget)
         keys = [k for k in new if k in old]
         prompts = [PromptItem(json.loads(k)) for k in keys]
-        texts = [p.messages[-1]["content"] for p in prompts]
+        texts = [user_text(prompt_messages(p)) for p in prompts]
         cand = ([new[k][0] for k in keys], [bool(new[k][1]) for k in keys])
         base = ([old[k][0] for k in keys], [bool(old[k][1]) for k in keys])
         truth = [hidden_score(a, f, t, preference) - hidden_score(b, g, t, preference)
@@ -91,7 +83,7 @@ def main() -> None:
         for name, dirs in ensembles.items():
             if not dirs or not keys:
                 continue
-            diffs = _judged_diffs(dirs, prompts, cand, base)
+            diffs = judged_diffs(dirs, prompts, cand, base)
             bound = paired_bootstrap_lower_bound(diffs)
             row["ensembles"][name] = {
                 "judges": [d.name for d in dirs], "mean": round(sum(diffs) / len(diffs), 4),

@@ -48,9 +48,18 @@ def repeated_ngram_share(tokens: list[str], n: int) -> float:
     return sum(c - 1 for c in Counter(grams).values()) / len(grams)
 
 
+NGRAM = 3                     # the repetition clause: word n-grams of this size ...
+MAX_REPEATED_NGRAM_SHARE = 0.25  # ... may repeat in at most this share of the answer's n-grams
+
+
+def is_looping(answer: str, ngram: int = NGRAM, max_repeated_ngram_share: float = MAX_REPEATED_NGRAM_SHARE) -> bool:
+    """The repetition clause alone: for text that is not language, where the other clauses mean nothing."""
+    return repeated_ngram_share(words(answer), ngram) > max_repeated_ngram_share
+
+
 def degenerate_reasons(answer: str, prompt: str, anchor_answer: str | None = None, *,
-                       min_words: int = 2, min_length_ratio: float = 0.06, ngram: int = 3,
-                       max_repeated_ngram_share: float = 0.25) -> list[str]:
+                       min_words: int = 2, min_length_ratio: float = 0.06, ngram: int = NGRAM,
+                       max_repeated_ngram_share: float = MAX_REPEATED_NGRAM_SHARE) -> list[str]:
     """Why `answer` to `prompt` is degenerate ([] = it is not). See the module docstring."""
     toks = words(answer)
     if not answer or not answer.strip():

@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from common.degeneracy import degenerate_reasons, repeated_ngram_share, words
+from common.degeneracy import degenerate_reasons, is_looping, repeated_ngram_share, words
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
@@ -220,12 +220,9 @@ def check_loops(run: OnlineRun, messages: list[list[dict]], usual: list[str], sn
 def _degenerate_greedy(run: OnlineRun, messages: list[list[dict]], usual: list[str], config: RAFTConfig) -> list[str]:
     """The policy's greedy answers to `messages` that are degenerate by the gate's definition (against
     the prompt's typical sample); without `drop_degenerate` (text that is not language) only loops."""
-    greedy = replace(run.sampling, greedy=True)
-    with autocast(run.device):
-        answers = run.generator.generate([run.prompt_ids(m) for m in messages], greedy)
-    texts = run.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    texts = [t for _, _, t in greedy_answers(run, messages)]
     if not config.drop_degenerate:
-        return [t for t in texts if repeated_ngram_share(words(t), 3) > 0.25]
+        return [t for t in texts if is_looping(t)]
     return [t for t, msg, u in zip(texts, messages, usual) if degenerate_reasons(t, user_text(msg), anchor_answer=u)]
 
 
@@ -268,6 +265,16 @@ def _unlikelihood_step(run: OnlineRun, loops: list, step: int, config: RAFTConfi
 
 
 @torch.no_grad()
+def greedy_answers(run: OnlineRun, messages: list[list[dict]]) -> list[tuple[list[int], list[int], str]]:
+    """(prompt ids, response ids, text) of the policy's greedy answers: the decoding the gate and the
+    report use."""
+    p_ids = [run.prompt_ids(msg) for msg in messages]
+    with autocast(run.device):
+        answers = run.generator.generate(p_ids, replace(run.sampling, greedy=True))
+    return list(zip(p_ids, answers, run.tokenizer.batch_decode(answers, skip_special_tokens=True)))
+
+
+@torch.no_grad()
 def find_loops(run: OnlineRun, messages: list[list[dict]], samples: list[tuple[list[int], list[int], str]],
                config: RAFTConfig) -> list[tuple[list[int], list[int], list[bool]]]:
     """(prompt ids, response ids, repeat mask) of every answer that repeats more than
@@ -275,12 +282,7 @@ def find_loops(run: OnlineRun, messages: list[list[dict]], samples: list[tuple[l
     text) and, with `unlikelihood_greedy`, the policy's greedy answers to `messages`."""
     found = list(samples)
     if config.unlikelihood_greedy:
-        greedy = replace(run.sampling, greedy=True)
-        p_ids = [run.prompt_ids(msg) for msg in messages]
-        with autocast(run.device):
-            answers = run.generator.generate(p_ids, greedy)
-        found += [(p, r, t) for p, r, t in zip(p_ids, answers,
-                                               run.tokenizer.batch_decode(answers, skip_special_tokens=True))]
+        found += greedy_answers(run, messages)
     out = []
     for p, r, text in found:
         if repeated_ngram_share(words(text), 3) > config.max_repeated_ngram_share:

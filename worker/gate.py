@@ -87,6 +87,17 @@ def answers_cache(settings: Settings, model_dir: str | Path) -> Path:
     return Path(settings.data_dir) / "gate_answers" / f"{digest}.json"
 
 
+def recorded_answers(model_dir: str | Path, record: Path, max_new_tokens: int) -> dict:
+    """prompt key (the messages as sorted JSON) -> [answer, finished] recorded for a folder at this
+    token budget: in its own ANSWERS_FILE and in `record`."""
+    import json
+    known: dict = {}
+    for f in (Path(model_dir) / ANSWERS_FILE, record):
+        if f.exists():
+            known.update(json.loads(f.read_text()).get(str(max_new_tokens), {}))
+    return known
+
+
 def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tokens: int,
                    record: Path) -> tuple[list[str], list[bool]]:
     """(answers, finished) of greedy decoding, reusing the answers recorded earlier for the same
@@ -99,11 +110,7 @@ def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tok
     import json
 
     from trainer.evaluate import generate_finished
-    known: dict = {}
-    for f in (Path(model_dir) / ANSWERS_FILE, record):
-        if f.exists():
-            data = json.loads(f.read_text())
-            known.update(data.get(str(max_new_tokens), {}))
+    known = recorded_answers(model_dir, record, max_new_tokens)
     keys = [json.dumps(prompt_messages(p), sort_keys=True) for p in prompts]
     todo = [i for i, k in enumerate(keys) if k not in known]
     if todo:
@@ -160,7 +167,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
         judge_dirs = [Path(own_rm)]
         metrics["judge_note"] = "no independent reward model yet: judged by the candidate's own RM"
     if judge_dirs:
-        diffs = _judged_diffs(judge_dirs, prompts, (new, new_done), (old, old_done))
+        diffs = judged_diffs(judge_dirs, prompts, (new, new_done), (old, old_done))
         bound = paired_bootstrap_lower_bound(diffs)
         metrics.update(judges=[j.name for j in judge_dirs], rm_gain=sum(diffs) / len(diffs),
                        rm_gain_lower_bound=bound)
@@ -196,7 +203,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
 
 
-def _judged_diffs(judges: list[Path], prompts: list[PromptItem], new: tuple[list[str], list[bool]],
+def judged_diffs(judges: list[Path], prompts: list[PromptItem], new: tuple[list[str], list[bool]],
                   old: tuple[list[str], list[bool]]) -> list[float]:
     """Per prompt: mean over judges of normalised score(candidate) - score(served); each side is
     (answers, finished flags), so a judge sees which answers were cut off."""
