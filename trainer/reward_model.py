@@ -28,28 +28,44 @@ from trainer.data import PreferencePair, RatedAnswer
 from trainer.device import autocast, describe, resolve_device
 from trainer.modeling import (conversation_text, freeze_lower_layers, fresh_output_dir, load_tokenizer,
                               model_device, publish, set_threads)
+from trainer.trunk_cache import TrunkCache
 
 STATS_FILE = "reward_stats.json"
 Progress = Callable[[str, int, int, dict], None]
 
 
-def pooled_states(model, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+def pooled_states(model, tokenizer, texts: Sequence[str], max_length: int,
+                  cache: TrunkCache | None = None) -> torch.Tensor:
     """Last hidden state of each text at its last real token (right padding): what the heads read.
+    With `cache`, the frozen lower blocks' output is read from it (computed once per text).
 
     Pooling is done here from the attention mask, not by HF's pad-token search, because many chat
     tokenizers use EOS as pad and EOS also ends every answer.
     """
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                    max_length=max_length, add_special_tokens=False).to(model_device(model))
-    hidden = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                              use_cache=False).last_hidden_state
-    last = enc["attention_mask"].sum(1) - 1
+    if cache is not None:
+        hidden, mask = cache.last_hidden(texts)
+    else:
+        enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_length, add_special_tokens=False).to(model_device(model))
+        hidden = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                  use_cache=False).last_hidden_state
+        mask = enc["attention_mask"]
+    last = mask.sum(1) - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+def sequence_scores(model, tokenizer, texts: Sequence[str], max_length: int,
+                    cache: TrunkCache | None = None) -> torch.Tensor:
     """Scalar score of each text: the `score` head (r_Q, the only head saved) on the pooled state."""
-    return model.score(pooled_states(model, tokenizer, texts, max_length)).squeeze(-1).float()
+    return model.score(pooled_states(model, tokenizer, texts, max_length, cache)).squeeze(-1).float()
+
+
+def by_length(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of `texts` in batches of similar length (longest first): a batch pads to its longest
+    text, so batching scored texts in arrival order pays for padding that sorting avoids. Scores are
+    per text, so the order they are computed in does not change them."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def answer_lengths(tokenizer, answers: Sequence[str]) -> torch.Tensor:
@@ -88,11 +104,12 @@ class RewardModel:
             raise ValueError("messages_list and answers differ in length")
         finished = [True] * len(answers) if finished is None or not self.open_turns else list(finished)
         texts = [conversation_text(self.tokenizer, m, a, f) for m, a, f in zip(messages_list, answers, finished)]
-        out: list[float] = []
-        for i in range(0, len(texts), self.batch_size):
+        out: list[float] = [0.0] * len(texts)
+        for batch in by_length(texts, self.batch_size):
             with autocast(model_device(self.model)):
-                out += sequence_scores(self.model, self.tokenizer, texts[i:i + self.batch_size],
-                                       self.max_length).tolist()
+                scores = sequence_scores(self.model, self.tokenizer, [texts[i] for i in batch], self.max_length)
+            for i, v in zip(batch, scores.tolist()):
+                out[i] = v
         return out
 
     def normalised(self, messages_list: Sequence[list[dict]], answers: Sequence[str],
@@ -145,10 +162,11 @@ def _length_head(model, config: RMConfig, device: torch.device):
     return head.to(device)
 
 
-def _train_scores(model, length_head, tokenizer, messages_list, answers, finished, max_length: int):
+def _train_scores(model, length_head, tokenizer, messages_list, answers, finished, max_length: int,
+                  cache: TrunkCache | None = None):
     """(r_Q, r_L or None, answer lengths) of each answer in one training forward."""
     texts = [conversation_text(tokenizer, m, a, f) for m, a, f in zip(messages_list, answers, finished)]
-    pooled = pooled_states(model, tokenizer, texts, max_length)
+    pooled = pooled_states(model, tokenizer, texts, max_length, cache)
     r_q = model.score(pooled).squeeze(-1).float()
     r_l = length_head(pooled).squeeze(-1).float() if length_head is not None else None
     return r_q, r_l, answer_lengths(tokenizer, answers).to(r_q.device)
@@ -159,11 +177,12 @@ def _trained_reward(r_q: torch.Tensor, r_l: torch.Tensor | None) -> torch.Tensor
     return r_q if r_l is None else r_q + r_l
 
 
-def _pair_loss(model, length_head, tokenizer, batch: list[PreferencePair], max_length: int):
+def _pair_loss(model, length_head, tokenizer, batch: list[PreferencePair], max_length: int,
+               cache: TrunkCache | None = None):
     messages = [p.messages for p in batch] * 2
     answers = [p.chosen for p in batch] + [p.rejected for p in batch]
     finished = [p.chosen_finished for p in batch] + [p.rejected_finished for p in batch]
-    scored = _train_scores(model, length_head, tokenizer, messages, answers, finished, max_length)
+    scored = _train_scores(model, length_head, tokenizer, messages, answers, finished, max_length, cache)
     reward = _trained_reward(scored[0], scored[1])
     rc, rr = reward[:len(batch)], reward[len(batch):]
     loss = pm.bradley_terry_loss(rc, rr, torch.tensor([p.margin for p in batch], device=rc.device),
@@ -171,9 +190,10 @@ def _pair_loss(model, length_head, tokenizer, batch: list[PreferencePair], max_l
     return loss, pm.pairwise_accuracy(rc.detach(), rr.detach()), scored
 
 
-def _rated_loss(model, length_head, tokenizer, batch: list[RatedAnswer], max_length: int):
+def _rated_loss(model, length_head, tokenizer, batch: list[RatedAnswer], max_length: int,
+                cache: TrunkCache | None = None):
     scored = _train_scores(model, length_head, tokenizer, [r.messages for r in batch],
-                           [r.answer for r in batch], [r.finished for r in batch], max_length)
+                           [r.answer for r in batch], [r.finished for r in batch], max_length, cache)
     reward = _trained_reward(scored[0], scored[1])
     signs = torch.tensor([1.0 if r.label == "up" else -1.0 for r in batch], device=reward.device)
     loss = pm.pointwise_loss(reward, signs, torch.tensor([r.weight for r in batch], device=reward.device))
@@ -192,20 +212,38 @@ def _odin_loss(model, length_head, scored: list, config: RMConfig):
 
 
 @torch.no_grad()
-def _score_texts(model, tokenizer, texts: list[str], config: RMConfig) -> torch.Tensor:
-    with autocast(model_device(model)):
-        chunks = [sequence_scores(model, tokenizer, texts[i:i + config.eval_batch_size], config.max_length).cpu()
-                  for i in range(0, len(texts), config.eval_batch_size)]
-    return torch.cat(chunks) if chunks else torch.zeros(0)
+def _score_texts(model, tokenizer, texts: list[str], config: RMConfig, cache: TrunkCache | None = None) -> torch.Tensor:
+    out = torch.zeros(len(texts))
+    for batch in by_length(texts, config.eval_batch_size):
+        with autocast(model_device(model)):
+            out[batch] = sequence_scores(model, tokenizer, [texts[i] for i in batch], config.max_length, cache).cpu()
+    return out
 
 
-def _pair_scores(model, tokenizer, pairs, config: RMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_scores(model, tokenizer, pairs, config: RMConfig,
+                 cache: TrunkCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Saved-head scores (r_Q) of the chosen and of the rejected answers."""
     rc = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.chosen, p.chosen_finished)
-                                         for p in pairs], config)
+                                         for p in pairs], config, cache)
     rr = _score_texts(model, tokenizer, [conversation_text(tokenizer, p.messages, p.rejected, p.rejected_finished)
-                                         for p in pairs], config)
+                                         for p in pairs], config, cache)
     return rc, rr
+
+
+def _trunk_cache(model, tokenizer, config: RMConfig, pairs, rated) -> tuple[TrunkCache | None, str]:
+    """A trunk cache when the lower blocks are frozen and the model takes cached states unchanged
+    (checked on a few training texts), else None; and why."""
+    n_layers = len(model.base_model.layers)
+    if not config.trunk_cache or config.trainable_layers is None or config.trainable_layers >= n_layers:
+        return None, "off" if not config.trunk_cache else "nothing frozen"
+    cache = TrunkCache(model.base_model, tokenizer, n_layers - config.trainable_layers, config.max_length)
+    probe = [conversation_text(tokenizer, p.messages, p.chosen, p.chosen_finished) for p in pairs[:2]]
+    probe += [conversation_text(tokenizer, r.messages, r.answer, r.finished) for r in rated[:2]]
+    try:
+        cache.verify(probe)
+    except ValueError as e:
+        return None, str(e)
+    return cache, "on"
 
 
 def _batches(items: list, size: int, n_batches: int, rng: random.Random):
@@ -249,6 +287,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     device = resolve_device(config.device)
     model, tokenizer = _load_for_training(Path(warm_start or base_dir), config, device)
     length_head = _length_head(model, config, device)
+    cache, cache_state = _trunk_cache(model, tokenizer, config, train_pairs, rated)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(length_head.parameters()) if length_head is not None else []
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -266,13 +305,13 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
             with autocast(device):
                 if pair_batches:
                     pair_loss, acc, pair_scored = _pair_loss(model, length_head, tokenizer, next(pair_batches),
-                                                             config.max_length)
+                                                             config.max_length, cache)
                     loss = loss + pair_loss
                     scored.append(pair_scored)
                     metrics.update(pair_loss=pair_loss.item(), train_accuracy=acc)  # acc of r_Q + r_L
                 if rated_batches:
                     point_loss, rated_scored = _rated_loss(model, length_head, tokenizer, next(rated_batches),
-                                                           config.max_length)
+                                                           config.max_length, cache)
                     loss = loss + config.pointwise_coef * point_loss
                     scored.append(rated_scored)
                     metrics["pointwise_loss"] = point_loss.item()
@@ -297,7 +336,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
                  for a, f in ((p.chosen, p.chosen_finished), (p.rejected, p.rejected_finished))]
     ref_items += [(r.messages, r.answer, r.finished) for r in rated]
     ref_scores = _score_texts(model, tokenizer, [conversation_text(tokenizer, m, a, f) for m, a, f in ref_items],
-                              config)
+                              config, cache)
     # chosen/rejected alternate at the front of `ref_items`: train accuracy without another pass
     n_pair_texts = 2 * len(train_pairs)
     train_accuracy = (pm.pairwise_accuracy(ref_scores[0:n_pair_texts:2], ref_scores[1:n_pair_texts:2])
@@ -306,7 +345,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     std = ref_scores.std(unbiased=False).item() if len(ref_scores) > 1 else 1.0
     # length bias of the saved head on held-out answers (both sides of each pair), else on the training ones
     if heldout:
-        rc, rr = _pair_scores(model, tokenizer, heldout, config)
+        rc, rr = _pair_scores(model, tokenizer, heldout, config, cache)
         corr_scores, corr_answers = torch.cat([rc, rr]), [p.chosen for p in heldout] + [p.rejected for p in heldout]
     else:
         corr_scores, corr_answers = ref_scores, [a for _, a, _ in ref_items]
@@ -320,6 +359,7 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         "final_loss": sum(h["loss"] for h in last) / len(last),
         "n_pairs": len(train_pairs), "n_heldout_pairs": len(heldout), "n_rated": len(rated),
         "steps": step, "seconds": round(time.time() - started, 2), "device": describe(device),
+        "trunk_cache": cache_state, "trunk_passes": cache.trunk_passes if cache is not None else None,
         "open_turns": _saw_cut_off(train_pairs, rated, warm_start),
     }
     _save(model, tokenizer, final, partial, metrics, config, base_dir, warm_start)
