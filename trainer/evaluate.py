@@ -11,8 +11,8 @@ import torch
 
 from trainer import ppo_math as pm
 from trainer.data import PromptLike, prompt_messages
-from trainer.modeling import (answer_token_ids, eos_token_ids, left_pad, load_causal_lm, load_tokenizer, prompt_token_ids,
-                              response_logits, right_pad)
+from trainer.modeling import (answer_token_ids, eos_token_ids, folder_eos_ids, left_pad, load_causal_lm, load_tokenizer,
+                              prompt_token_ids, response_logits, right_pad)
 from trainer.rollout import HFGenerator, SamplingSettings
 
 
@@ -113,27 +113,63 @@ def kl_to_references(policy_dir: str | Path, references: dict[str, str | Path], 
     return out
 
 
+LOGPROBS_FILE = "gate_logprobs.json"   # in a version's folder: log-probs of held-out answers at its own gate
+
+
+def recorded_logprobs(folder: str | Path, prompts: list[list[int]], answers: list[list[int]], pad_id: int,
+                      record: Path | None = None) -> torch.Tensor:
+    """Sum of log π(answer | prompt) per sequence under the folder's weights, reusing the values
+    recorded for the same token ids in the folder's LOGPROBS_FILE or in `record`, and loading the
+    model only for the rest (then added to `record`). A published version's weights never change,
+    so neither do these: from round 2 the gate's held-out pairs cost one model (the candidate's)
+    instead of three, as its greedy answers do (worker/gate.greedy_answers)."""
+    import hashlib
+    import json
+    keys = [hashlib.sha1(json.dumps([p, a]).encode()).hexdigest() for p, a in zip(prompts, answers)]
+    known: dict = {}
+    for f in (Path(folder) / LOGPROBS_FILE, record):
+        if f is not None and f.exists():
+            known.update(json.loads(f.read_text()))
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        model = load_causal_lm(folder)
+        fresh = _sequence_logprobs(model, [prompts[i] for i in todo], [answers[i] for i in todo], pad_id).tolist()
+        del model
+        known.update({keys[i]: v for i, v in zip(todo, fresh)})
+        if record is not None:
+            mine = json.loads(record.read_text()) if record.exists() else {}
+            mine.update({keys[i]: v for i, v in zip(todo, fresh)})
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(mine))
+            tmp.replace(record)
+    return torch.tensor([known[k] for k in keys])
+
+
 def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: str | Path,
-                                   pairs: Sequence, max_answer_tokens: int = 128) -> dict[str, float]:
+                                   pairs: Sequence, max_answer_tokens: int = 128,
+                                   records: dict[str, Path] | None = None) -> dict[str, float]:
     """For each policy, the share of held-out human pairs whose log-prob margin over the anchor
-    favours the chosen answer (DPO's implicit reward): does the policy agree with people?"""
+    favours the chosen answer (DPO's implicit reward): does the policy agree with people?
+    `records`: folder (as str) -> file where its log-probs are recorded (`recorded_logprobs`)."""
     from trainer.preference_math import implicit_preference_accuracy
     if not pairs:
         return {}
+    records = records or {}
     tokenizer = load_tokenizer(anchor_dir)
-    anchor = load_causal_lm(anchor_dir)
-    eos = eos_token_ids(anchor, tokenizer)[0]
+    eos = folder_eos_ids(anchor_dir, tokenizer)[0]
 
     def answer(text: str, finished: bool) -> list[int]:
         return answer_token_ids(tokenizer, text, eos, max_answer_tokens, finished)
     prompts = [prompt_token_ids(tokenizer, p.messages) for p in pairs]
-    chosen = [answer(p.chosen, p.chosen_finished) for p in pairs]
-    rejected = [answer(p.rejected, p.rejected_finished) for p in pairs]
-    pad = tokenizer.pad_token_id
-    ref_c, ref_r = _sequence_logprobs(anchor, prompts, chosen, pad), _sequence_logprobs(anchor, prompts, rejected, pad)
-    out = {}
-    for name, folder in policies.items():
-        model = load_causal_lm(folder)
-        out[name] = implicit_preference_accuracy(_sequence_logprobs(model, prompts, chosen, pad),
-                                                 _sequence_logprobs(model, prompts, rejected, pad), ref_c, ref_r)
-    return out
+    answers = [answer(p.chosen, p.chosen_finished) for p in pairs] + [answer(p.rejected, p.rejected_finished)
+                                                                      for p in pairs]
+    n, pad = len(pairs), tokenizer.pad_token_id
+
+    def margins(folder) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = recorded_logprobs(folder, prompts * 2, answers, pad, records.get(str(folder)))
+        return logp[:n], logp[n:]
+    ref_c, ref_r = margins(anchor_dir)
+    return {name: implicit_preference_accuracy(*(margins(folder) if Path(folder) != Path(anchor_dir)
+                                                 else (ref_c, ref_r)), ref_c, ref_r)
+            for name, folder in policies.items()}

@@ -47,6 +47,19 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def folder_eos_ids(model_dir, tokenizer) -> list[int]:
+    """`eos_token_ids` of a checkpoint folder without loading its weights (its generation config,
+    else the one its model config implies: what `from_pretrained` would give the model)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+    try:
+        generation = GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:
+        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(model_dir)))
+    return eos_token_ids(SimpleNamespace(generation_config=generation), tokenizer)
+
+
 def prompt_token_ids(tokenizer, messages: list[dict], max_tokens: int | None = None) -> list[int]:
     """Chat template with the assistant header, tokenised; left-truncated so the question's end survives."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

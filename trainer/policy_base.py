@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,7 +41,8 @@ class PolicyJob:
 
 
 class PolicyRun:
-    """Loads tokenizer, trainable actor and frozen anchor reference once, on the config's device."""
+    """Loads tokenizer and trainable actor, and the frozen anchor reference when first used, once,
+    on the config's device."""
 
     def __init__(self, job: PolicyJob, config):
         set_threads(config.num_threads)
@@ -49,13 +51,17 @@ class PolicyRun:
         self.device = resolve_device(config.device)
         self.tokenizer = load_tokenizer(job.policy_dir)
         self.actor = load_causal_lm(job.policy_dir, self.device)
-        self.reference = load_causal_lm(job.reference_dir, self.device).requires_grad_(False)
         freeze_lower_layers(self.actor.get_decoder(), config.trainable_layers)
         self.params = [p for p in self.actor.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
         self.eos_ids = eos_token_ids(self.actor, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         self.started = time.time()
+
+    @cached_property
+    def reference(self):
+        """The frozen anchor, loaded on first use: RAFT never reads it (its KL is the gate's to check)."""
+        return load_causal_lm(self.job.reference_dir, self.device).requires_grad_(False)
 
     # ---------------------------------------------------------------- data -> token ids
     def prompt_ids(self, messages: list[dict]) -> list[int]:

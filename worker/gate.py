@@ -87,6 +87,13 @@ def answers_cache(settings: Settings, model_dir: str | Path) -> Path:
     return Path(settings.data_dir) / "gate_answers" / f"{digest}.json"
 
 
+def logprobs_cache(settings: Settings, model_dir: str | Path) -> Path:
+    """Where the gate records log-probs of held-out answers under a folder it did not write (next to
+    its greedy answers; trainer/evaluate.recorded_logprobs)."""
+    cached = answers_cache(settings, model_dir)
+    return cached.with_name(cached.stem + "-logprobs.json")
+
+
 def recorded_answers(model_dir: str | Path, record: Path, max_new_tokens: int) -> dict:
     """prompt key (the messages as sorted JSON) -> [answer, finished] recorded for a folder at this
     token budget: in its own ANSWERS_FILE and in `record`."""
@@ -131,7 +138,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
              eval_pairs: list | None = None) -> dict:
     """judges: independent RMs (newest first); own_rm: the RM the candidate was optimised against
     (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy."""
-    from trainer.evaluate import check_finite, implicit_preference_accuracies, kl_to_references
+    from trainer.evaluate import LOGPROBS_FILE, check_finite, implicit_preference_accuracies, kl_to_references
 
     reasons: list[str] = []
     metrics: dict = {}
@@ -194,7 +201,10 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
 
     # 4. agreement with held-out human pairs
     if eval_pairs and len(eval_pairs) >= settings.gate_min_pref_pairs:
-        acc = implicit_preference_accuracies({"candidate": candidate, "served": served}, anchor, eval_pairs)
+        records = {str(served): logprobs_cache(settings, served), str(anchor): logprobs_cache(settings, anchor),
+                   str(candidate): Path(candidate) / LOGPROBS_FILE}
+        acc = implicit_preference_accuracies({"candidate": candidate, "served": served}, anchor, eval_pairs,
+                                             records=records)
         metrics.update(pref_accuracy=acc["candidate"], pref_accuracy_served=acc["served"],
                        pref_pairs=len(eval_pairs))
         if acc["candidate"] < acc["served"] - settings.gate_max_pref_drop:

@@ -55,3 +55,36 @@ def test_the_record_of_a_folder_changes_with_its_weights(tmp_path):
     assert before == answers_cache(settings, folder) and before.parent == tmp_path / "data" / "gate_answers"
     (folder / "model.safetensors").write_bytes(b"other weights")
     assert answers_cache(settings, folder) != before
+
+
+def _pairs(n: int):
+    from trainer.data import PreferencePair
+    return [PreferencePair([{"role": "user", "content": f"Tell me about topic {i}."}], f"A fine answer {i}.",
+                           f"No {i}", rejected_finished=bool(i % 2)) for i in range(n)]
+
+
+def test_held_out_pair_log_probs_are_recorded_and_reused(tiny_model_dir, tmp_path, monkeypatch):
+    """The gate's implicit preference accuracy: a folder's log-probs of the held-out answers are
+    computed once; a later gate with more pairs loads the model for the new ones only, and a folder
+    whose records cover every pair is not loaded at all."""
+    from trainer.evaluate import LOGPROBS_FILE, implicit_preference_accuracies
+    torch.set_num_threads(2)
+    fresh = implicit_preference_accuracies({"p": tiny_model_dir}, tiny_model_dir, _pairs(6))
+    loaded = []
+    real = trainer.evaluate.load_causal_lm
+    monkeypatch.setattr(trainer.evaluate, "load_causal_lm", lambda d, *a: loaded.append(str(d)) or real(d, *a))
+    record = tmp_path / "record.json"
+    records = {str(tiny_model_dir): record}
+    assert implicit_preference_accuracies({"p": tiny_model_dir}, tiny_model_dir, _pairs(4), records=records) \
+        == implicit_preference_accuracies({"p": tiny_model_dir}, tiny_model_dir, _pairs(4))
+    assert len(json.loads(record.read_text())) == 8        # 4 chosen + 4 rejected answers
+    loaded.clear()
+    assert implicit_preference_accuracies({"p": tiny_model_dir}, tiny_model_dir, _pairs(6), records=records) == fresh
+    assert loaded == [str(tiny_model_dir)] and len(json.loads(record.read_text())) == 12
+    loaded.clear()
+    # the records found as a folder's own LOGPROBS_FILE (what its gate left there as the candidate)
+    folder = tmp_path / "version"
+    folder.mkdir()
+    (folder / LOGPROBS_FILE).write_text(record.read_text())
+    assert implicit_preference_accuracies({"p": folder}, tiny_model_dir, _pairs(6), records=records) == fresh
+    assert loaded == []
