@@ -37,6 +37,8 @@ class RMConfig:
                                       # test model (held-out acc 0.57-0.69), 0.3 did not in 5 seeds
     length_ortho_coef: float = 1.0    # λ_O on |w_Q·w_L| (the authors' code's default weight); unnormalised, so tiny
                                       # next to BT unless both heads grow along one direction (which is what it stops)
+    pooling: str = "last"             # what the score head reads: "last" = the last token's state (the usual RM
+                                      # head), "mean" = the mean of all tokens' states (a bag of what the answer says)
     trunk_cache: bool = True          # with trainable_layers, run the frozen lower blocks once per text and keep their
                                       # output (trainer/trunk_cache.py): later epochs and the final scoring pass run the
                                       # top blocks alone. Same scores (checked on the run's first texts, else off)

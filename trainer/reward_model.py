@@ -36,8 +36,10 @@ Progress = Callable[[str, int, int, dict], None]
 
 def pooled_states(model, tokenizer, texts: Sequence[str], max_length: int,
                   cache: TrunkCache | None = None) -> torch.Tensor:
-    """Last hidden state of each text at its last real token (right padding): what the heads read.
-    With `cache`, the frozen lower blocks' output is read from it (computed once per text).
+    """Last hidden state of each text at its last real token (right padding): what the heads read;
+    the mean over its real tokens instead when the model's config says `rm_pooling = "mean"`
+    (RMConfig.pooling, saved in the RM's config.json). With `cache`, the frozen lower blocks' output
+    is read from it (computed once per text).
 
     Pooling is done here from the attention mask, not by HF's pad-token search, because many chat
     tokenizers use EOS as pad and EOS also ends every answer.
@@ -50,6 +52,9 @@ def pooled_states(model, tokenizer, texts: Sequence[str], max_length: int,
         hidden = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                   use_cache=False).last_hidden_state
         mask = enc["attention_mask"]
+    if getattr(model.config, "rm_pooling", "last") == "mean":
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1)
     last = mask.sum(1) - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
@@ -132,6 +137,7 @@ def _load_for_training(init_dir: Path, config: RMConfig, device: torch.device):
                                                                dtype=torch.float32).to(device)
     tokenizer = _rm_tokenizer(init_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.rm_pooling = config.pooling     # saved in config.json: the RM scores as it was trained
     freeze_lower_layers(model.base_model, config.trainable_layers)
     return model.eval(), tokenizer  # eval(): no dropout, deterministic scores; grads still flow
 
@@ -282,6 +288,8 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         train_pairs, heldout = list(pairs), list(eval_pairs)
     if not train_pairs and not rated:
         raise ValueError("no training data: give preference pairs and/or rated answers")
+    if config.pooling not in ("last", "mean"):
+        raise ValueError(f"RMConfig.pooling must be 'last' or 'mean', got {config.pooling!r}")
 
     final, partial = fresh_output_dir(out_dir)  # fail before training, not after
     device = resolve_device(config.device)

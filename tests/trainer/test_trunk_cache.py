@@ -112,3 +112,23 @@ def test_scores_do_not_depend_on_the_batching_order(trained_rm):
     together = rm.score(messages, answers)
     alone = [rm.score([m], [a])[0] for m, a in zip(messages, answers)]
     assert together == pytest.approx(alone, rel=1e-4, abs=1e-5)
+
+
+def test_mean_pooling_is_saved_with_the_rm_and_scores_as_trained(tiny_model_dir, tmp_path):
+    """RMConfig.pooling="mean": the head reads the mean of the tokens' states, and a loaded RM
+    (config.json) pools the same way, so its scores equal those measured at training time."""
+    sampler = AnswerSampler(load_tokenizer(tiny_model_dir), seed=0)
+    train, heldout = sampler.pairs(24, prompt_seed=1), sampler.pairs(12, prompt_seed=2)
+    config = RMConfig(lr=5e-4, epochs=1, batch_size=8, show_progress_bar=False, seed=0, device="cpu",
+                      pooling="mean")
+    metrics = train_reward_model(train, None, tiny_model_dir, tmp_path / "rm", config, eval_pairs=heldout)
+    rm = RewardModel.load(tmp_path / "rm")
+    assert rm.model.config.rm_pooling == "mean"
+    rc = rm.score([p.messages for p in heldout], [p.chosen for p in heldout])
+    rr = rm.score([p.messages for p in heldout], [p.rejected for p in heldout])
+    assert metrics["heldout_accuracy"] == pytest.approx(sum(c > r for c, r in zip(rc, rr)) / len(heldout))
+    # the same weights read as "last" give other scores: the pooling is really what was saved
+    rm.model.config.rm_pooling = "last"
+    assert rm.score([heldout[0].messages], [heldout[0].chosen]) != pytest.approx(rc[:1], abs=1e-6)
+    with pytest.raises(ValueError, match="pooling"):
+        train_reward_model(train, None, tiny_model_dir, tmp_path / "x", RMConfig(pooling="max", device="cpu"))
