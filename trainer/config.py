@@ -38,7 +38,10 @@ class RMConfig:
     length_ortho_coef: float = 1.0    # λ_O on |w_Q·w_L| (the authors' code's default weight); unnormalised, so tiny
                                       # next to BT unless both heads grow along one direction (which is what it stops)
     pooling: str = "last"             # what the score head reads: "last" = the last token's state (the usual RM
-                                      # head), "mean" = the mean of all tokens' states (a bag of what the answer says)
+                                      # head), "mean" = the mean of all tokens' states (a bag of what the answer says).
+                                      # Measured (bench_rm_efficiency, 60 prompts, pairs of v0 samples, held-out prompts):
+                                      # no gain — both at or below chance (balanced 140 pairs: truth acc 0.43 last /
+                                      # 0.49 mean; formal_expert 150: 0.51 / 0.51), so the default stays "last"
     trunk_cache: bool = True          # with trainable_layers, run the frozen lower blocks once per text and keep their
                                       # output (trainer/trunk_cache.py): later epochs and the final scoring pass run the
                                       # top blocks alone. Same scores (checked on the run's first texts, else off)
