@@ -109,13 +109,7 @@ class RewardModel:
             raise ValueError("messages_list and answers differ in length")
         finished = [True] * len(answers) if finished is None or not self.open_turns else list(finished)
         texts = [conversation_text(self.tokenizer, m, a, f) for m, a, f in zip(messages_list, answers, finished)]
-        out: list[float] = [0.0] * len(texts)
-        for batch in by_length(texts, self.batch_size):
-            with autocast(model_device(self.model)):
-                scores = sequence_scores(self.model, self.tokenizer, [texts[i] for i in batch], self.max_length)
-            for i, v in zip(batch, scores.tolist()):
-                out[i] = v
-        return out
+        return score_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length).tolist()
 
     def normalised(self, messages_list: Sequence[list[dict]], answers: Sequence[str],
                    finished: Sequence[bool] | None = None) -> list[float]:
@@ -218,12 +212,18 @@ def _odin_loss(model, length_head, scored: list, config: RMConfig):
 
 
 @torch.no_grad()
-def _score_texts(model, tokenizer, texts: list[str], config: RMConfig, cache: TrunkCache | None = None) -> torch.Tensor:
+def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int,
+                cache: TrunkCache | None = None) -> torch.Tensor:
+    """Scores of `texts` (CPU, in their order), computed in batches of similar length (`by_length`)."""
     out = torch.zeros(len(texts))
-    for batch in by_length(texts, config.eval_batch_size):
+    for batch in by_length(texts, batch_size):
         with autocast(model_device(model)):
-            out[batch] = sequence_scores(model, tokenizer, [texts[i] for i in batch], config.max_length, cache).cpu()
+            out[batch] = sequence_scores(model, tokenizer, [texts[i] for i in batch], max_length, cache).cpu()
     return out
+
+
+def _score_texts(model, tokenizer, texts: list[str], config: RMConfig, cache: TrunkCache | None = None) -> torch.Tensor:
+    return score_texts(model, tokenizer, texts, config.eval_batch_size, config.max_length, cache)
 
 
 def _pair_scores(model, tokenizer, pairs, config: RMConfig,

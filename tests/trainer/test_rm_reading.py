@@ -1,5 +1,6 @@
-"""The frozen-trunk cache (trainer/trunk_cache.py) gives the backbone's own outputs and gradients,
-refuses a model that does not take cached states unchanged, and leaves RM training as it was."""
+"""How the RM reads texts: the frozen-trunk cache (trainer/trunk_cache.py) gives the backbone's own
+outputs and gradients, refuses a model that does not take cached states unchanged, and leaves RM
+training as it was; batching by length does not change scores; mean pooling is saved with the RM."""
 import pytest
 import torch
 
