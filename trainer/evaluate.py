@@ -116,6 +116,29 @@ def kl_to_references(policy_dir: str | Path, references: dict[str, str | Path], 
 LOGPROBS_FILE = "gate_logprobs.json"   # in a version's folder: log-probs of held-out answers at its own gate
 
 
+def read_records(files: Sequence[Path | None], section: str | None = None) -> dict:
+    """The entries of the JSON record files that exist (later files win); with `section`, those
+    under that top-level key. The gate's records of a version's greedy answers and log-probs."""
+    import json
+    known: dict = {}
+    for f in files:
+        if f is not None and f.exists():
+            data = json.loads(f.read_text())
+            known.update(data.get(section, {}) if section is not None else data)
+    return known
+
+
+def add_to_record(record: Path, fresh: dict, section: str | None = None) -> None:
+    """Add `fresh` entries to the JSON record file (under `section`), written atomically."""
+    import json
+    mine = json.loads(record.read_text()) if record.exists() else {}
+    (mine.setdefault(section, {}) if section is not None else mine).update(fresh)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(mine))
+    tmp.replace(record)
+
+
 def recorded_logprobs(folder: str | Path, prompts: list[list[int]], answers: list[list[int]], pad_id: int,
                       record: Path | None = None) -> torch.Tensor:
     """Sum of log π(answer | prompt) per sequence under the folder's weights, reusing the values
@@ -126,23 +149,16 @@ def recorded_logprobs(folder: str | Path, prompts: list[list[int]], answers: lis
     import hashlib
     import json
     keys = [hashlib.sha1(json.dumps([p, a]).encode()).hexdigest() for p, a in zip(prompts, answers)]
-    known: dict = {}
-    for f in (Path(folder) / LOGPROBS_FILE, record):
-        if f is not None and f.exists():
-            known.update(json.loads(f.read_text()))
+    known = read_records([Path(folder) / LOGPROBS_FILE, record])
     todo = [i for i, k in enumerate(keys) if k not in known]
     if todo:
         model = load_causal_lm(folder)
-        fresh = _sequence_logprobs(model, [prompts[i] for i in todo], [answers[i] for i in todo], pad_id).tolist()
+        values = _sequence_logprobs(model, [prompts[i] for i in todo], [answers[i] for i in todo], pad_id).tolist()
         del model
-        known.update({keys[i]: v for i, v in zip(todo, fresh)})
+        fresh = {keys[i]: v for i, v in zip(todo, values)}
+        known.update(fresh)
         if record is not None:
-            mine = json.loads(record.read_text()) if record.exists() else {}
-            mine.update({keys[i]: v for i, v in zip(todo, fresh)})
-            record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps(mine))
-            tmp.replace(record)
+            add_to_record(record, fresh)
     return torch.tensor([known[k] for k in keys])
 
 
@@ -169,7 +185,9 @@ def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: 
     def margins(folder) -> tuple[torch.Tensor, torch.Tensor]:
         logp = recorded_logprobs(folder, prompts * 2, answers, pad, records.get(str(folder)))
         return logp[:n], logp[n:]
-    ref_c, ref_r = margins(anchor_dir)
-    return {name: implicit_preference_accuracy(*(margins(folder) if Path(folder) != Path(anchor_dir)
-                                                 else (ref_c, ref_r)), ref_c, ref_r)
-            for name, folder in policies.items()}
+    ref = margins(anchor_dir)
+    out = {}
+    for name, folder in policies.items():
+        mine = ref if Path(folder) == Path(anchor_dir) else margins(folder)   # round 1: served is the anchor
+        out[name] = implicit_preference_accuracy(*mine, *ref)
+    return out

@@ -97,12 +97,8 @@ def logprobs_cache(settings: Settings, model_dir: str | Path) -> Path:
 def recorded_answers(model_dir: str | Path, record: Path, max_new_tokens: int) -> dict:
     """prompt key (the messages as sorted JSON) -> [answer, finished] recorded for a folder at this
     token budget: in its own ANSWERS_FILE and in `record`."""
-    import json
-    known: dict = {}
-    for f in (Path(model_dir) / ANSWERS_FILE, record):
-        if f.exists():
-            known.update(json.loads(f.read_text()).get(str(max_new_tokens), {}))
-    return known
+    from trainer.evaluate import read_records
+    return read_records([Path(model_dir) / ANSWERS_FILE, record], str(max_new_tokens))
 
 
 def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tokens: int,
@@ -116,7 +112,7 @@ def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tok
     version's answer."""
     import json
 
-    from trainer.evaluate import generate_finished
+    from trainer.evaluate import add_to_record, generate_finished
     known = recorded_answers(model_dir, record, max_new_tokens)
     keys = [json.dumps(prompt_messages(p), sort_keys=True) for p in prompts]
     todo = [i for i, k in enumerate(keys) if k not in known]
@@ -124,12 +120,7 @@ def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tok
         answers, finished = generate_finished(model_dir, [prompts[i] for i in todo], max_new_tokens, greedy=True)
         fresh = {keys[i]: [a, f] for i, a, f in zip(todo, answers, finished)}
         known.update(fresh)
-        mine = json.loads(record.read_text()) if record.exists() else {}
-        mine.setdefault(str(max_new_tokens), {}).update(fresh)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(mine))
-        tmp.replace(record)
+        add_to_record(record, fresh, str(max_new_tokens))
     return [known[k][0] for k in keys], [bool(known[k][1]) for k in keys]
 
 
