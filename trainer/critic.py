@@ -35,7 +35,9 @@ class Critic(torch.nn.Module):
         initial values are normalised RM scores, the scale PPO's returns are on)."""
         from transformers import AutoModelForSequenceClassification
         folder = Path(folder)
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32).to(device)
+        # num_labels=1: a policy folder (the start when the RM has no transformer) has no scalar head yet
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1,
+                                                                   dtype=torch.float32).to(device)
         offset = 0.0
         if (folder / CRITIC_FILE).exists():
             offset = json.loads((folder / CRITIC_FILE).read_text())["offset"]

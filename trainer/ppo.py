@@ -22,6 +22,7 @@ from trainer.data import PromptLike, prompt_messages
 from trainer.device import autocast
 from trainer.modeling import left_pad, prompt_token_ids, response_hidden, right_pad
 from trainer.policy_base import PolicyJob, PolicyRun, Progress, log_step, prompt_cycle
+from trainer.embedding_rm import is_embedding_rm
 from trainer.reward_model import RewardModel
 from trainer.rollout import HFGenerator, RolloutGenerator, SamplingSettings
 
@@ -62,11 +63,13 @@ class PPOTrainer(PolicyRun):
             raise ValueError("PPO needs a reward model")
         self.reward_model = RewardModel.load(job.reward_model_dir, self.device)
         rm = self.reward_model
-        # The parent's critic when there is one; else the RM, rescaled to normalised scores.
-        self.critic_source = str(job.critic_dir or job.reward_model_dir)
-        self.critic = Critic.load(job.critic_dir or job.reward_model_dir, self.device,
-                                  config.critic_trainable_layers,
-                                  None if job.critic_dir else rm.mean, None if job.critic_dir else rm.std)
+        # The parent's critic when there is one; else the RM, rescaled to normalised scores; an
+        # embedding RM has no transformer to start from, so then the policy with a fresh value head.
+        from_rm = job.critic_dir is None and not is_embedding_rm(job.reward_model_dir)
+        source = job.critic_dir or (job.reward_model_dir if from_rm else job.policy_dir)
+        self.critic_source = str(source)
+        self.critic = Critic.load(source, self.device, config.critic_trainable_layers,
+                                  rm.mean if from_rm else None, rm.std if from_rm else None)
         self.critic_optimizer = torch.optim.AdamW(self.critic.trainable(), lr=config.critic_lr)
         horizon = config.kl_horizon or config.steps * config.batch_size
         if job.kl_state and config.adaptive_kl:   # resume the parent's β, this config's target/horizon

@@ -93,7 +93,12 @@ class RewardModel:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
+        """The RM in `model_dir`, of whichever kind it is (an embedding RM has the same interface)."""
         from transformers import AutoModelForSequenceClassification
+
+        from trainer import embedding_rm
+        if embedding_rm.is_embedding_rm(model_dir):
+            return embedding_rm.EmbeddingRewardModel.load(model_dir)
         model_dir = Path(model_dir)
         stats = json.loads((model_dir / STATS_FILE).read_text()) if (model_dir / STATS_FILE).exists() else {}
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
@@ -136,7 +141,7 @@ def _load_for_training(init_dir: Path, config: RMConfig, device: torch.device):
     return model.eval(), tokenizer  # eval(): no dropout, deterministic scores; grads still flow
 
 
-def _split_heldout(pairs, config: RMConfig, rng: random.Random):
+def split_heldout(pairs, config: RMConfig, rng: random.Random):
     if len(pairs) < config.min_heldout_pairs or config.heldout_fraction <= 0:
         return list(pairs), []
     shuffled = list(pairs)
@@ -277,13 +282,18 @@ def train_reward_model(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
     `length_correlation` on the held-out pairs' answers (`length_correlation_on` = "heldout"), else on
     every training answer ("train").
     """
+    if config.kind == "embedding":  # frozen sentence-encoder features + a linear head (trainer/embedding_rm.py)
+        from trainer.embedding_rm import train_embedding_rm
+        return train_embedding_rm(pairs, rated, out_dir, config, eval_pairs, progress)
+    if config.kind != "transformer":
+        raise ValueError(f"RMConfig.kind must be 'transformer' or 'embedding', got {config.kind!r}")
     from tqdm.auto import tqdm
     set_threads(config.num_threads)
     started = time.time()
     rng = random.Random(config.seed)
     rated = list(rated or [])
     if eval_pairs is None:
-        train_pairs, heldout = _split_heldout(pairs, config, rng)
+        train_pairs, heldout = split_heldout(pairs, config, rng)
     else:
         train_pairs, heldout = list(pairs), list(eval_pairs)
     if not train_pairs and not rated:

@@ -41,13 +41,15 @@ def train_reward_model_step(settings: Settings, sets, run_id: str, base_dir: Pat
     """Train (warm-started from the newest published RM) and publish; returns (id, folder, metrics)."""
     from trainer.config import RMConfig
     from trainer.reward_model import train_reward_model
+    config = RMConfig(**json.loads(settings.rm_overrides or "{}"))
     rms = artifacts.reward_models(settings)
-    warm_id = rms.latest()
+    # An embedding RM refits its small head on all feedback in seconds: nothing to warm-start.
+    warm_id = rms.latest() if config.kind == "transformer" else None
     warm = rms.path(warm_id) if warm_id else None
     pairs, rated = rm_training_data(sets, warm is not None, settings.rm_replay_ratio, run_id)
     stats.update(rm_pairs=len(pairs), rm_rated=len(rated))
     out = work / "reward_model"
-    metrics = train_reward_model(pairs, rated, base_dir, out, config=RMConfig(**json.loads(settings.rm_overrides or "{}")),
+    metrics = train_reward_model(pairs, rated, base_dir, out, config=config,
                                  warm_start=warm, eval_pairs=sets.eval_pairs or None, progress=progress)
     rm_id = rms.publish(out, {"run_id": run_id, "warm_start": warm_id, "base": str(base_dir),
                               "metrics": scalars(metrics)}, move=True)
