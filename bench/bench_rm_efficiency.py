@@ -15,6 +15,8 @@ Plus the Pearson correlation of the RM's scores with answer length on the held-o
 
     .venv/bin/python bench/bench_rm_efficiency.py                    # 3 preferences, N = 50,100,200
     .venv/bin/python bench/bench_rm_efficiency.py --sizes 200 --variant head_only='{"trainable_layers":0,"lr":1e-3,"epochs":4}'
+    .venv/bin/python bench/bench_rm_efficiency.py --variant embedding='{}' \
+        --variant transformer='{"kind":"transformer","epochs":2,"batch_size":8,"lr":5e-5}'   # the two RM kinds
 
 The answer pool is cached in RLHF_DATA_DIR/bench-cache (sampling 600+ answers takes minutes).
 Writes bench/results/rm_efficiency.json.
@@ -35,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, machine_facts, write_result  # noqa: E402
 
 # What the pipeline trains with in the demo (demo/cli.py PRESETS["default"].rm), on top of RMConfig.
-DEMO_RM = {"epochs": 2, "batch_size": 8, "lr": 5e-5}
+# Until session 12 that was the fine-tuned transformer RM: {"kind": "transformer", "epochs": 2,
+# "batch_size": 8, "lr": 5e-5}.
+DEMO_RM = {"kind": "embedding"}
 
 
 def answer_pool(model_dir: Path, prompts: list[str], per_prompt: int, max_tokens: int, seed: int,

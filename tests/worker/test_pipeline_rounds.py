@@ -127,3 +127,27 @@ def test_failed_run_keeps_its_feedback_new_and_the_trigger_refires(redis_url, tm
     assert meta["metrics"]["gate"]["judges"] == ["rm0"] and meta["metrics"]["gate"]["rm_gain"] is not None
     assert "run-recovers" in r.smembers(KEYS.consumed_runs)
     assert int(r.get(KEYS.last_snapshot_total)) == sent
+
+
+def test_embedding_rm_rounds_refit_on_all_feedback_and_judge_the_next_round(redis_url, tmp_path, deployment):
+    """RMConfig.kind="embedding" through the real pipeline: each RM is published in the registry (its
+    folder is no transformer), refits on every pair instead of warm-starting, PPO's critic starts from
+    the policy, and the next round's gate is judged by the previous embedding RM."""
+    r, sampler, reg = deployment
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path / "data", algorithm="ppo", torch_threads=2,
+                        ppo_overrides=json.dumps({"steps": 1, "batch_size": 4, "mini_batch_size": 4,
+                                                  "max_new_tokens": 8, "show_progress_bar": False}),
+                        rm_overrides=json.dumps({"kind": "embedding"}), **OPEN_GATE)
+    _feedback(r, sampler, "v0", 1)
+    assert run_pipeline(settings, "round-1")["state"] == "succeeded"
+    v1 = reg.metadata("v1")
+    assert v1["metrics"]["reward_model"]["kind"] == "embedding"
+    assert v1["metrics"]["policy"]["critic_init"] == str(reg.path("v0"))
+    _feedback(r, sampler, "v1", 2)
+    assert run_pipeline(settings, "round-2")["state"] == "succeeded"
+    v2 = reg.metadata("v2")
+    rms = artifacts.reward_models(settings)
+    assert rms.metadata("rm1")["warm_start"] is None                       # refit, not warm-started
+    assert v2["data"]["rm_pairs"] == v2["data"]["pairs"] > v2["data"]["new_pairs"]   # on every pair
+    assert v2["gate"]["metrics"]["judges"] == ["rm0"]                      # the previous RM judged
+    assert (rms.path("rm1") / "embedding_head.json").exists()
