@@ -167,6 +167,12 @@ class RAFTConfig(PolicyConfig):
     k: int = 6                        # answers sampled per prompt (the "n" of best-of-n)
     max_prompts: Optional[int] = 48   # prompts sampled per run (a random subset); None = all
     max_new_tokens: int = 64          # as long as the answers users get, so "finished in time" is learnable
+    top_p: float = 0.9                # nucleus sampling of the k candidates (Holtzman et al. 2020): the fine-tuning
+                                      # imitates the kept samples, and at top_p 1 they carry tail-token glitches
+                                      # ("...and theiromachiles", "...universal  0 natural <<zero") that it learns.
+                                      # Measured (formal_expert demo, session 12, one run each): top_p 1.0 -> v1-v3
+                                      # all refused for a looping gate answer (served v0); 0.9 -> v1 passed (75%
+                                      # win, 0 degenerate), v2-v3 refused
     require_eos: bool = True          # keep only answers that ended by themselves: a cut-off sample is no
                                       # complete answer, and imitating it teaches the policy not to stop
                                       # (measured: trained on 80% cut-off targets, the probe answer ran on
