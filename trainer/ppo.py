@@ -20,9 +20,9 @@ from trainer.config import PPOConfig
 from trainer.critic import Critic
 from trainer.data import PromptLike, prompt_messages
 from trainer.device import autocast
+from trainer.embedding_rm import is_embedding_rm
 from trainer.modeling import left_pad, prompt_token_ids, response_hidden, right_pad
 from trainer.policy_base import PolicyJob, PolicyRun, Progress, log_step, prompt_cycle
-from trainer.embedding_rm import is_embedding_rm
 from trainer.reward_model import RewardModel
 from trainer.rollout import HFGenerator, RolloutGenerator, SamplingSettings
 

@@ -38,13 +38,17 @@ def rm_training_data(sets, warm_start: bool, replay_ratio: float, seed: str):
 
 def train_reward_model_step(settings: Settings, sets, run_id: str, base_dir: Path, work: Path,
                             stats: dict, progress) -> tuple[str, Path, dict]:
-    """Train (warm-started from the newest published RM) and publish; returns (id, folder, metrics)."""
+    """Train (a transformer RM warm-started from the newest published transformer RM) and publish;
+    returns (id, folder, metrics)."""
     from trainer.config import RMConfig
+    from trainer.embedding_rm import is_embedding_rm
     from trainer.reward_model import train_reward_model
     config = RMConfig(**json.loads(settings.rm_overrides or "{}"))
     rms = artifacts.reward_models(settings)
-    # An embedding RM refits its small head on all feedback in seconds: nothing to warm-start.
+    # An embedding RM refits its small head on all feedback in seconds: nothing to warm-start; and a
+    # transformer RM cannot start from an embedding RM (a deployment that switched kinds).
     warm_id = rms.latest() if config.kind == "transformer" else None
+    warm_id = None if warm_id and is_embedding_rm(rms.path(warm_id)) else warm_id
     warm = rms.path(warm_id) if warm_id else None
     pairs, rated = rm_training_data(sets, warm is not None, settings.rm_replay_ratio, run_id)
     stats.update(rm_pairs=len(pairs), rm_rated=len(rated))

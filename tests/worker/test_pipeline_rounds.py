@@ -151,3 +151,10 @@ def test_embedding_rm_rounds_refit_on_all_feedback_and_judge_the_next_round(redi
     assert v2["data"]["rm_pairs"] == v2["data"]["pairs"] > v2["data"]["new_pairs"]   # on every pair
     assert v2["gate"]["metrics"]["judges"] == ["rm0"]                      # the previous RM judged
     assert (rms.path("rm1") / "embedding_head.json").exists()
+    # an operator switches the deployment back to the transformer RM: it starts fresh from the
+    # policy (an embedding RM is no transformer to warm-start from)
+    _feedback(r, sampler, "v2", 3)
+    back = Settings(**{**settings.model_dump(), "rm_overrides": json.dumps({"epochs": 1, "show_progress_bar": False})})
+    assert run_pipeline(back, "round-3")["state"] == "succeeded"
+    assert rms.metadata("rm2")["warm_start"] is None
+    assert reg.metadata("v3")["metrics"]["reward_model"].get("kind") != "embedding"
