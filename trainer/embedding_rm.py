@@ -41,6 +41,7 @@ from trainer import ppo_math as pm
 from trainer.config import RMConfig
 from trainer.data import PreferencePair, RatedAnswer
 from trainer.modeling import fresh_output_dir, publish, set_threads
+from trainer.reward_model import STATS_FILE, answer_lengths, split_heldout
 
 KIND = "embedding"
 HEAD_FILE = "embedding_head.json"
@@ -80,8 +81,6 @@ class SentenceEncoder:
             self._cache.update(zip(batch, vecs))
         return torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, 384)
 
-    def n_tokens(self, texts: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([float(len(i)) for i in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]])
 
 
 def prompt_text(messages: list[dict]) -> str:
@@ -139,7 +138,8 @@ def prompt_folds(groups: Sequence[str], k: int, seed: int) -> list[int]:
 
 
 class _Data:
-    """The rows one RM run fits: every distinct answer once, pairs and thumbs as indices into them."""
+    """The rows one RM run fits: each pair's two answers then each thumbed answer, with pairs and thumbs
+    as indices into them (a text that recurs is embedded once: the encoder caches)."""
 
     def __init__(self, encoder: SentenceEncoder, pairs: Sequence[PreferencePair], rated: Sequence[RatedAnswer]):
         self.prompts = [prompt_text(p.messages) for p in pairs for _ in (0, 1)] + [prompt_text(r.messages) for r in rated]
@@ -147,7 +147,7 @@ class _Data:
         self.finished = torch.tensor([f for p in pairs for f in (p.chosen_finished, p.rejected_finished)]
                                      + [r.finished for r in rated])
         self.answer_vecs, self.prompt_vecs = encoder(self.answers), encoder(self.prompts)
-        self.log_len = torch.log1p(encoder.n_tokens(self.answers))
+        self.log_len = torch.log1p(answer_lengths(encoder.tokenizer, self.answers))  # the transformer RM's L(y), in the encoder's tokens
         n = 2 * len(pairs)
         self.chosen, self.rejected, self.rated = torch.arange(0, n, 2), torch.arange(1, n, 2), torch.arange(n, len(self.answers))
         self.pair_w = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
@@ -232,7 +232,6 @@ def choose_l2(data: _Data, config: RMConfig) -> tuple[float, dict]:
 def train_embedding_rm(pairs: Sequence[PreferencePair], rated: Sequence[RatedAnswer] | None, out_dir: str | Path,
                        config: RMConfig, eval_pairs: Sequence[PreferencePair] | None = None, progress=None) -> dict:
     """`train_reward_model` for kind "embedding": same inputs, same metrics keys, same folder contract."""
-    from trainer.reward_model import STATS_FILE, split_heldout
     set_threads(config.num_threads)
     started = time.time()
     rated = list(rated or [])
@@ -288,7 +287,6 @@ class EmbeddingRewardModel:
     @classmethod
     def load(cls, folder: str | Path, device=None) -> "EmbeddingRewardModel":
         folder = Path(folder)
-        from trainer.reward_model import STATS_FILE
         stats = json.loads((folder / STATS_FILE).read_text())
         return cls(LinearHead.from_json(json.loads((folder / HEAD_FILE).read_text())), stats["mean"], stats["std"])
 
