@@ -18,6 +18,10 @@ was taught (`raft_kept.jsonl`, with those of its ancestors), and the next round,
 that version, takes one more pass over a random subset of them beside its own answers — so a round
 of a few dozen answers does not unlearn what the earlier rounds taught (Llama 2 kept the best
 samples of all earlier iterations in each rejection-sampling round, for this reason).
+By default (`start_from_anchor`) the fine-tuning starts from the anchor, not from the served version
+that sampled: the anchor learns this round's answers and all earlier rounds' together, every epoch
+(ReST-EM fine-tunes the base model at each iteration, against overfitting), so the drift after n
+rounds is that of one fine-tuning, not of n stacked ones.
 
 Loops are checked before the policy leaves (`loop_check`): its greedy answers to the round's prompts
 (the decoding the gate and the report use), after the last epoch and, while some are degenerate, after
@@ -48,6 +52,7 @@ from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
 from trainer.device import autocast
+from trainer.modeling import load_causal_lm
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob, Progress, log_step
 
@@ -128,12 +133,19 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included) and one pass over
     # the replayed answers of earlier rounds, plus the unlikelihood of the looping tokens
     earlier = read_kept(job.policy_dir)
-    replayed = rng.sample(earlier, min(len(earlier), config.replay_max))
+    restart = config.start_from_anchor and Path(job.reference_dir).resolve() != Path(job.policy_dir).resolve()
+    if restart:     # ReST-EM: the anchor learns what every round kept, each epoch
+        run.actor.load_state_dict(load_causal_lm(job.reference_dir).state_dict())
+        replayed = earlier[: config.anchor_replay_max]
+    else:           # continue from the served version: one rehearsal pass over a sample of earlier answers
+        replayed = rng.sample(earlier, min(len(earlier), config.replay_max))
     first = len(prompts)
     prompts = prompts + [r["prompt_ids"] for r in replayed]
     responses = responses + [r["response_ids"] for r in replayed]
-    sample_stats.update(replayed=len(replayed), replay_pool=len(earlier))
-    plan = replay_plan(rows, list(range(first, len(prompts))), config.batch_size, config.epochs, rng)
+    sample_stats.update(replayed=len(replayed), replay_pool=len(earlier), started_from="anchor" if restart else "served")
+    again = list(range(first, len(prompts)))
+    plan = (replay_plan(rows + again, [], config.batch_size, config.epochs, rng) if restart
+            else replay_plan(rows, again, config.batch_size, config.epochs, rng))
     batches = [(e, b) for e, epoch in enumerate(plan) for b in epoch]
     history: list[dict] = []
     snapshots: list[dict] = []     # the weights at the end of each epoch but the last (loop_check)

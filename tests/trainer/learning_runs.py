@@ -90,7 +90,8 @@ def three_runs(name: str, tiny_model_dir: Path, rm_dir: Path | None, work: Path,
             # each run also rehearses the answers its parent (and the parent's ancestors) learned
             taught = read_kept(out)
             assert len(taught) == result["kept"] + min(result["replay_pool"], config.replay_keep - result["kept"])
-            assert result["replayed"] == min(result["replay_pool"], config.replay_max)
+            cap = config.anchor_replay_max if config.start_from_anchor else config.replay_max
+            assert result["replayed"] == min(result["replay_pool"], cap)
             assert (result["replay_pool"] > 0) == (run > 1)   # the anchor has nothing to replay
             trace[-1]["replayed"] = result["replayed"]
         if algorithms.get(name).uses_kl_controller:

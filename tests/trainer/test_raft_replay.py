@@ -1,10 +1,14 @@
 """RAFT's replay of earlier rounds' answers (trainer/rejection.py): the plan mixes one pass over
 the replayed answers into the first of the round's epochs, and a version's raft_kept.jsonl
-round-trips. (Three consecutive tiny-model RAFT runs replaying their parents' answers:
+round-trips; by default a run fine-tunes the anchor, not the served version that sampled. (Three consecutive tiny-model RAFT runs replaying their parents' answers:
 tests/trainer/test_algorithms_learning.py.)"""
 import random
 
-from trainer.rejection import KEPT_FILE, fewest_loops, read_kept, replay_plan, write_kept
+import torch
+from transformers import AutoTokenizer
+
+from trainer.modeling import load_causal_lm
+from trainer.rejection import KEPT_FILE, fewest_loops, read_kept, replay_plan, run_raft, write_kept
 
 
 def test_replay_plan_rehearses_earlier_answers_once():
@@ -34,3 +38,43 @@ def test_fewest_loops_keeps_the_healthiest_epoch_and_the_later_on_a_tie():
     assert fewest_loops({1: 2, 0: 0}) == 0          # the last epoch looped, the first did not
     assert fewest_loops({1: 0}) == 1                # the last epoch is healthy: nothing else decoded
     assert fewest_loops({2: 1, 1: 3, 0: 1}) == 2    # none healthy: fewest, then the latest
+
+
+def _raft_at_lr_zero(tiny_model_dir, rm_dir, served, out, start_from_anchor: bool):
+    """One RAFT run that cannot move its weights (lr 0): it publishes the weights it started from."""
+    from trainer.config import RAFTConfig
+    from trainer.data import PromptItem
+    from trainer.policy_base import PolicyJob
+    config = RAFTConfig(k=2, max_new_tokens=4, lr=0.0, epochs=1, loop_check=False, drop_degenerate=False,
+                        require_eos=False, close_cut_answers=False, min_advantage=-100.0, top_p=1.0,
+                        show_progress_bar=False, device="cpu", start_from_anchor=start_from_anchor)
+    job = PolicyJob(served, tiny_model_dir, out, prompts=[PromptItem([{"role": "user", "content": "hi"}])],
+                    reward_model_dir=rm_dir)
+    return run_raft(job, config)
+
+
+def test_raft_samples_from_the_served_version_and_fine_tunes_the_anchor(tiny_model_dir, trained_rm, tmp_path):
+    """start_from_anchor (ReST-EM): the published weights descend from the anchor, not from the served
+    version that sampled, and every answer the served version carries is trained on; with it off, the
+    run continues from the served version."""
+    served = tmp_path / "served"
+    model = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(served)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(served)
+    write_kept(served, [{"prompt_ids": [1, 2], "response_ids": [5, 6], "prompt": "a", "answer": "b"}] * 3)
+    anchor_state = load_causal_lm(tiny_model_dir).state_dict()
+    served_state = load_causal_lm(served).state_dict()
+
+    result = _raft_at_lr_zero(tiny_model_dir, trained_rm[0], served, tmp_path / "from-anchor", True)
+    out = load_causal_lm(tmp_path / "from-anchor").state_dict()
+    assert result["started_from"] == "anchor" and result["replayed"] == 3
+    assert all(torch.equal(out[k], anchor_state[k]) for k in anchor_state)
+
+    result = _raft_at_lr_zero(tiny_model_dir, trained_rm[0], served, tmp_path / "from-served", False)
+    out = load_causal_lm(tmp_path / "from-served").state_dict()
+    assert result["started_from"] == "served"
+    assert all(torch.equal(out[k], served_state[k]) for k in served_state)
+    assert not all(torch.equal(served_state[k], anchor_state[k]) for k in anchor_state)
