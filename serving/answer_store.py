@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from common.events import StoredAnswer
 from common.keys import KEYS
+from serving.group_commit import GroupCommit
 from serving.metrics import Metrics
 
 log = logging.getLogger("rlhf.answers")
@@ -61,6 +62,13 @@ class AnswerStore:
         self._pending: OrderedDict[str, StoredAnswer] = OrderedDict()
         self._recent: OrderedDict[str, StoredAnswer] = OrderedDict()
         self._wake = asyncio.Event()
+        # concurrent lookups share one MGET (serving/group_commit.py): feedback under load
+        self._mget: GroupCommit[list[str], list] = GroupCommit(self._mget_calls)
+
+    async def _mget_calls(self, calls: list[list[str]]) -> list[list]:
+        keys = list(dict.fromkeys(k for call in calls for k in call))
+        found = dict(zip(keys, await self.redis.mget(keys)))
+        return [[found[k] for k in call] for call in calls]
 
     @property
     def pending(self) -> int:
@@ -123,7 +131,7 @@ class AnswerStore:
                 found[rid] = a
         if missing:
             try:
-                raws = await self.redis.mget([KEYS.answer(r) for r in missing])
+                raws = await self._mget([KEYS.answer(r) for r in missing])
             except RedisError as exc:
                 raise StoreUnavailable(str(exc)) from exc
             for rid, raw in zip(missing, raws):

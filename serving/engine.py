@@ -259,6 +259,7 @@ class Engine:
             extra["drained_s"] = round(time.perf_counter() - t_pause, 4)
             extra["kept_requests"] = kept
             await self._reload(version, path, kept)
+            extra["reloaded_s"] = round(time.perf_counter() - t_pause, 4)
             checked, detail = await self._verify_weights(version, path, expected)
             extra["paused_s"] = round(time.perf_counter() - t_pause, 4)
             await self.llm.resume_generation()

@@ -1,4 +1,5 @@
-"""Writes feedback events atomically: one Lua script per event (or per batch).
+"""Writes feedback events atomically: one Lua script per event (or per batch); concurrent
+requests' scripts share one pipelined round trip (serving/group_commit.py).
 
 Inside Redis and all-or-nothing for the whole call (a batch writes every event or none):
   1. idempotency, checked for every event before anything is written: a key seen before with
@@ -19,9 +20,11 @@ import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from common.events import FeedbackEvent
 from common.keys import FEEDBACK_GROUP, KEYS
+from serving.group_commit import GroupCommit
 
 # KEYS: stream, counts, then per event: idem key ('' = none), vote key
 # ARGV: group, idem_ttl, vote_ttl, then per event: event json, body hash, count field, event id
@@ -117,7 +120,10 @@ class FeedbackStore:
         self.redis = redis
         self.idem_ttl = int(idempotency_ttl_s)
         self.vote_ttl = int(retention_days * 86400)
-        self._script = redis.register_script(_LUA)
+        self._sha: str | None = None
+        # concurrent requests' writes share a round trip (serving/group_commit.py): one script
+        # call per request, pipelined, so each request stays all-or-nothing on its own
+        self._commit: GroupCommit[list[PendingEvent], list[Accepted]] = GroupCommit(self._add_calls)
 
     async def ensure_group(self) -> None:
         """Create the stream and the trainer's consumer group (id 0: it reads everything)."""
@@ -130,6 +136,9 @@ class FeedbackStore:
 
     async def add(self, items: list[PendingEvent]) -> list[Accepted]:
         """Record events in one atomic script; raises RedisError if Redis is unreachable."""
+        return await self._commit(items)
+
+    def _script_args(self, items: list[PendingEvent]) -> list:
         keys = [KEYS.feedback_stream, KEYS.feedback_counts]
         args: list = [FEEDBACK_GROUP, self.idem_ttl, self.vote_ttl]
         for it in items:
@@ -138,8 +147,27 @@ class FeedbackStore:
                      KEYS.vote(ev.rater, ev.target)]
             field = ev.rating if ev.kind == "thumb" else "comparison"
             args += [ev.to_stream_fields()["event"], it.body_hash, field, ev.event_id]
-        raw = await self._script(keys=keys, args=args)
-        return [Accepted(_s(r[0]), _s(r[1]), _s(r[2])) for r in raw]
+        return [len(keys), *keys, *args]
+
+    async def _add_calls(self, calls: list[list[PendingEvent]]) -> list:
+        """Each call's script, all in one pipelined round trip (not a transaction: each script
+        is atomic by itself, and a call's conflict never touches another call)."""
+        if self._sha is None:
+            self._sha = await self.redis.script_load(_LUA)
+        raws = await self._evalsha_all(calls)
+        lost = [i for i, r in enumerate(raws) if isinstance(r, NoScriptError)]
+        if lost:  # Redis lost its script cache (restart, SCRIPT FLUSH): those did not run
+            self._sha = await self.redis.script_load(_LUA)
+            for i, r in zip(lost, await self._evalsha_all([calls[i] for i in lost])):
+                raws[i] = r
+        return [r if isinstance(r, Exception) else [Accepted(_s(x[0]), _s(x[1]), _s(x[2])) for x in r]
+                for r in raws]
+
+    async def _evalsha_all(self, calls: list[list[PendingEvent]]) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        for items in calls:
+            pipe.evalsha(self._sha, *self._script_args(items))
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def _s(x) -> str:

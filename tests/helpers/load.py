@@ -21,6 +21,9 @@ class ChatLoad:
         self.base_url, self.max_tokens, self.temperature = base_url.rstrip("/"), max_tokens, temperature
         self.headers = headers or {}
         self.records: list[tuple[float, float, str, int]] = []
+        # streamed answers: (start, first content chunk, version): when the new version's first
+        # token reached a client (the version is known at the finish, so a mixed "v1+v2" is not it)
+        self.first_tokens: list[tuple[float, float, str]] = []
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
@@ -46,7 +49,7 @@ class ChatLoad:
         body = {**self._body(i), "stream": True}
         with httpx.Client(timeout=120, headers=self.headers) as h:
             while not self.stop.is_set():
-                t0, version, status = time.perf_counter(), "error", 0
+                t0, version, status, t_first = time.perf_counter(), "error", 0, None
                 try:
                     with h.stream("POST", self.base_url + "/v1/chat/completions", json=body) as r:
                         status = r.status_code
@@ -56,6 +59,8 @@ class ChatLoad:
                                 done = True
                             elif line.startswith("data: ") and status == 200:
                                 for c in json.loads(line[6:]).get("choices", []):
+                                    if t_first is None and (c.get("delta") or {}).get("content"):
+                                        t_first = time.perf_counter()
                                     if c.get("finish_reason"):
                                         version = c.get("model_version", "?")
                         if status != 200 or not done:
@@ -65,6 +70,8 @@ class ChatLoad:
                     self.failures.append(repr(exc))
                     status = 0
                 self.records.append((t0, time.perf_counter(), version if status == 200 else "error", status))
+                if status == 200 and t_first is not None:
+                    self.first_tokens.append((t0, t_first, version))
 
     def _run(self, i: int) -> None:
         body = self._body(i)

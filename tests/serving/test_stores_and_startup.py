@@ -109,3 +109,50 @@ def test_feedback_script_is_idempotent_within_and_across_calls(db_url):
     assert r.hgetall(KEYS.feedback_counts) == {"up": "1", "events": "1", "total": "1"}
     assert r.xinfo_groups(KEYS.feedback_stream)[0]["name"] == "trainer"
     assert r.ttl(KEYS.vote("u", "resp_a")) > 0 and r.ttl(KEYS.idempotency("key1")) > 0
+
+
+def test_concurrent_feedback_writes_share_round_trips_and_stay_atomic_per_call(db_url):
+    """Group commit (serving/group_commit.py) on real Redis: twenty concurrent calls, one of them a
+    conflicting batch, go in fewer round trips than calls; the conflicting call writes nothing and
+    the others everything; after SCRIPT FLUSH (Redis lost its scripts) the next calls still land."""
+    def ev(i, rating="up"):
+        return FeedbackEvent(event_id=f"fb_{i}_{rating}", kind="thumb", rater=f"u{i}", target=f"resp_{i}",
+                             response_id=f"resp_{i}", rating=rating)
+
+    async def scenario():
+        client = redis_client(db_url)
+        store = FeedbackStore(client, idempotency_ttl_s=60, retention_days=1)
+        await store.add([PendingEvent(ev(0), "k0", "h0")])
+        calls = [[PendingEvent(ev(i), None, "")] for i in range(1, 20)]
+        calls.insert(7, [PendingEvent(ev(99), None, ""), PendingEvent(ev(0, "down"), "k0", "other")])
+        results = await asyncio.gather(*[store.add(c) for c in calls])
+        batches = store._commit.batches
+        await client.script_flush()
+        after = await asyncio.gather(*[store.add([PendingEvent(ev(i), None, "")]) for i in (30, 31)])
+        await client.aclose()
+        return results, batches, after
+
+    results, batches, after = asyncio.run(scenario())
+    assert [a.status for a in results[7]] == ["aborted", "conflict"]
+    assert all(r[0].status == "new" for k, r in enumerate(results) if k != 7)
+    assert batches < 1 + len(results)                           # round trips were shared
+    assert [a[0].status for a in after] == ["new", "new"]
+    r = sync_redis.Redis.from_url(db_url, decode_responses=True)
+    assert r.xlen(KEYS.feedback_stream) == 1 + 19 + 2          # k0, the 19 plain calls, 30 and 31
+    assert not r.exists(KEYS.vote("u99", "resp_99"))            # the aborted call wrote nothing
+
+
+def test_concurrent_answer_lookups_share_one_mget(db_url):
+    async def scenario():
+        client = redis_client(db_url)
+        writer = AnswerStore(client, retention_days=1, metrics=Metrics())
+        await writer.save([answer(i) for i in range(6)])
+        reader = AnswerStore(client, retention_days=1, metrics=Metrics())   # another process: no cache
+        found = await asyncio.gather(*[reader.get_many([f"resp_t{i}", "resp_nope"]) for i in range(6)])
+        batches = reader._mget.batches
+        await client.aclose()
+        return found, batches
+
+    found, batches = asyncio.run(scenario())
+    assert [f[f"resp_t{i}"].text for i, f in enumerate(found)] == [f"text {i}" for i in range(6)]
+    assert all(f["resp_nope"] is None for f in found) and batches == 1
