@@ -208,15 +208,16 @@ class RAFTConfig(PolicyConfig):
                                       # trained on the best samples of all earlier iterations, against regressions:
                                       # a round taught only its own few dozen answers drifts on everything else
     replay_keep: int = 256            # kept answers a version's raft_kept.jsonl carries forward (newest first)
-    start_from_anchor: bool = True    # sample from the served version, but fine-tune the *anchor* on this round's
+    start_from_anchor: bool = False   # sample from the served version, but fine-tune the *anchor* on this round's
                                       # kept answers plus all earlier rounds' (up to `anchor_replay_max`, every
-                                      # epoch): ReST-EM (Singh et al. 2023) fine-tunes the base model each
-                                      # iteration rather than the previous one, against overfitting. Why here:
-                                      # continuing from the served version drifted without gain (demos, session
-                                      # 12: rounds 2-3 reached KL 5.8-6.1 to the anchor at 0.6-1.0 from the
-                                      # served one, and the judges' bound was below 0 in 4 of 4 such candidates);
-                                      # from the anchor, the drift is that of one fine-tuning on what all rounds
-                                      # kept. False = continue from the served version (one replay pass).
+                                      # epoch), as ReST-EM (Singh et al. 2023) fine-tunes the base model each
+                                      # iteration, against overfitting. Why it exists: continuing from the served
+                                      # version drifted without a judged gain (session 12 demos: rounds 2-3 at KL
+                                      # 5.8-6.1 to the anchor). Why off: measured (formal_expert demo, session 13,
+                                      # one run) it lowered that drift (KL 4.7-4.8) but gained nothing either (v2
+                                      # 58%, v3 62% win vs v0, both refused: judges' bound -0.09 / -0.20 and one
+                                      # looping gate answer each) and made rounds 2-3 slower (RAFT 306 s vs ~195 s,
+                                      # demo 26.3 min vs 23.5). False = continue from the served version.
     anchor_replay_max: int = 128      # earlier rounds' kept answers trained on when starting from the anchor
     unlikelihood_weight: float = 0.0  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
                                       # policy's own looping answers (0 = off). Why it exists: a greedy answer

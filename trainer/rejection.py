@@ -18,10 +18,10 @@ was taught (`raft_kept.jsonl`, with those of its ancestors), and the next round,
 that version, takes one more pass over a random subset of them beside its own answers — so a round
 of a few dozen answers does not unlearn what the earlier rounds taught (Llama 2 kept the best
 samples of all earlier iterations in each rejection-sampling round, for this reason).
-By default (`start_from_anchor`) the fine-tuning starts from the anchor, not from the served version
-that sampled: the anchor learns this round's answers and all earlier rounds' together, every epoch
-(ReST-EM fine-tunes the base model at each iteration, against overfitting), so the drift after n
-rounds is that of one fine-tuning, not of n stacked ones.
+Optionally (`start_from_anchor`, off: measured no gain) the fine-tuning starts from the anchor, not
+from the served version that sampled: the anchor learns this round's answers and all earlier rounds'
+together, every epoch (ReST-EM fine-tunes the base model at each iteration, against overfitting), so
+the drift after n rounds is that of one fine-tuning, not of n stacked ones.
 
 Loops are checked before the policy leaves (`loop_check`): its greedy answers to the round's prompts
 (the decoding the gate and the report use), after the last epoch and, while some are degenerate, after

@@ -1,6 +1,6 @@
 """RAFT's replay of earlier rounds' answers (trainer/rejection.py): the plan mixes one pass over
 the replayed answers into the first of the round's epochs, and a version's raft_kept.jsonl
-round-trips; by default a run fine-tunes the anchor, not the served version that sampled. (Three consecutive tiny-model RAFT runs replaying their parents' answers:
+round-trips; with start_from_anchor a run fine-tunes the anchor, not the served version that sampled. (Three consecutive tiny-model RAFT runs replaying their parents' answers:
 tests/trainer/test_algorithms_learning.py.)"""
 import random
 
