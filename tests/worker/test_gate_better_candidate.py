@@ -19,6 +19,10 @@ vs 15%, 0 degenerate, implicit preference 0.73 vs 0.50 on 22 held-out pairs — 
 the judge RM (trained on the pairs of 20 other prompts) gives mean -0.20, 95% bound -0.94 on 13
 prompts. The judge, trained on so few pairs, is the weak part now; a gate that trusted the
 candidate's own RM (held-out accuracy 1.0 here) would be the soft gate this test must not need.
+Session 13, with the embedding RM the pipeline now trains (both RMs; own RM held-out accuracy
+0.875): RAFT kept 30 answers (8 steps), finished answers 88% vs 21%, and the gate refused it on
+three counts — 3/33 degenerate greedy answers ("What is thunderstorms?" -> "Thunderbolts!"), judge
+mean +0.103 but 95% bound -0.028, implicit preference 0.45 vs 0.50 on 20 held-out pairs. (8 min.)
 """
 import json
 import os
