@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     """Feedback events per rater."""
     max_request_bytes: int = 1_048_576
     """Largest request body (413 above)."""
+    redis_group_commit: int = 128
+    """Feedback lookups and writes of concurrent requests share a Redis round trip, at most this
+    many calls each (serving/group_commit.py); 1 = every request its own round trips (as before
+    session 13: kept for comparison in bench/bench_ingest.py)."""
     max_messages: int = 128
     """Messages per chat request."""
     max_message_chars: int = 32_768

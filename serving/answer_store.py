@@ -54,7 +54,7 @@ class StoreUnavailable(Exception):
 
 class AnswerStore:
     def __init__(self, redis: aioredis.Redis, retention_days: int, metrics: Metrics,
-                 buffer_max: int = 100_000):
+                 buffer_max: int = 100_000, group_commit: int = 128):
         self.redis = redis
         self.ttl_s = int(retention_days * 86400)
         self.metrics = metrics
@@ -63,7 +63,7 @@ class AnswerStore:
         self._recent: OrderedDict[str, StoredAnswer] = OrderedDict()
         self._wake = asyncio.Event()
         # concurrent lookups share one MGET (serving/group_commit.py): feedback under load
-        self._mget: GroupCommit[list[str], list] = GroupCommit(self._mget_calls)
+        self._mget: GroupCommit[list[str], list] = GroupCommit(self._mget_calls, max_batch=group_commit)
 
     async def _mget_calls(self, calls: list[list[str]]) -> list[list]:
         keys = list(dict.fromkeys(k for call in calls for k in call))

@@ -46,8 +46,10 @@ def create_app(settings: Settings | None = None, model: str | None = None,
         # vLLM's own OpenAI handlers on our engine (serving/vllm_api.py says why not its app)
         app.state.vllm = await vllm_bridge.build_state(engine, settings)
         redis = redis_client(settings.redis_url)
-        answers = AnswerStore(redis, settings.retention_days, metrics)
-        feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days)
+        answers = AnswerStore(redis, settings.retention_days, metrics,
+                              group_commit=settings.redis_group_commit)
+        feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days,
+                                 group_commit=settings.redis_group_commit)
         try:
             await feedback.ensure_group()
         except RedisError as exc:  # the Lua script creates it on first write anyway

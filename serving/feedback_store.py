@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from common.events import FeedbackEvent
 from common.keys import FEEDBACK_GROUP, KEYS
@@ -116,14 +116,15 @@ def body_hash(payload: dict) -> str:
 
 
 class FeedbackStore:
-    def __init__(self, redis: aioredis.Redis, idempotency_ttl_s: int, retention_days: int):
+    def __init__(self, redis: aioredis.Redis, idempotency_ttl_s: int, retention_days: int,
+                 group_commit: int = 128):
         self.redis = redis
         self.idem_ttl = int(idempotency_ttl_s)
         self.vote_ttl = int(retention_days * 86400)
         self._sha: str | None = None
         # concurrent requests' writes share a round trip (serving/group_commit.py): one script
         # call per request, pipelined, so each request stays all-or-nothing on its own
-        self._commit: GroupCommit[list[PendingEvent], list[Accepted]] = GroupCommit(self._add_calls)
+        self._commit: GroupCommit[list[PendingEvent], list[Accepted]] = GroupCommit(self._add_calls, max_batch=group_commit)
 
     async def ensure_group(self) -> None:
         """Create the stream and the trainer's consumer group (id 0: it reads everything)."""
@@ -164,6 +165,11 @@ class FeedbackStore:
                 for r in raws]
 
     async def _evalsha_all(self, calls: list[list[PendingEvent]]) -> list:
+        if len(calls) == 1:   # alone: a plain call, no pipeline to build
+            try:
+                return [await self.redis.evalsha(self._sha, *self._script_args(calls[0]))]
+            except (NoScriptError, ResponseError) as exc:
+                return [exc]
         pipe = self.redis.pipeline(transaction=False)
         for items in calls:
             pipe.evalsha(self._sha, *self._script_args(items))

@@ -46,8 +46,10 @@ def create_ingest_app(settings: Settings | None = None) -> FastAPI:
         redis = redis_client(settings.redis_url)
         # read-only here: this process never saves answers, so the store's buffer and its
         # flusher stay empty; lookups go straight to Redis
-        answers = AnswerStore(redis, settings.retention_days, app.state.metrics)
-        feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days)
+        answers = AnswerStore(redis, settings.retention_days, app.state.metrics,
+                              group_commit=settings.redis_group_commit)
+        feedback = FeedbackStore(redis, settings.idempotency_ttl_s, settings.retention_days,
+                                 group_commit=settings.redis_group_commit)
         try:
             await feedback.ensure_group()
         except RedisError as exc:  # the Lua script creates it on first write anyway
