@@ -6,7 +6,8 @@
 Starts a private redis-server (AOF on, appendfsync everysec) and a real ``rlhf serve`` on the
 tiny model, creates answers, then drives POST /v1/feedback (one event per request) and
 POST /v1/feedback/batch (``--batch`` events per request) with a raw keep-alive HTTP client in
-a separate process. Writes bench/results/ingest.json.
+a separate process. Writes bench/results/ingest.json. ``--group-commit 1,128`` measures the
+ingest processes without and with shared Redis round trips (RLHF_REDIS_GROUP_COMMIT) in one run.
 
 ``--ingest-workers N`` (N > 0) also starts ``rlhf ingest --workers N`` on another port against
 the same Redis and drives the feedback load at it instead (the answers are still created
@@ -77,7 +78,12 @@ def main() -> int:
     ap.add_argument("--ingest-workers", type=int, default=0,
                     help="N > 0: post feedback to `rlhf ingest --workers N` (own port, same "
                          "Redis) instead of to `rlhf serve`")
+    ap.add_argument("--group-commit", default="128",
+                    help="RLHF_REDIS_GROUP_COMMIT values to measure in turn (list; 1 = each request "
+                         "its own Redis round trips, needs --ingest-workers to restart per value)")
     args = ap.parse_args()
+    if "," in args.group_commit and not args.ingest_workers:
+        ap.error("--group-commit with several values needs --ingest-workers (rlhf serve is started once)")
 
     import httpx
     import redis
@@ -105,7 +111,8 @@ def main() -> int:
         env = dict(os.environ, RLHF_REDIS_URL=redis_url, RLHF_DATA_DIR=str(tmp / "data"),
                    RLHF_API_KEYS=API_KEY, RLHF_TRUSTED_API_KEYS=API_KEY,
                    RLHF_RATE_LIMIT_FEEDBACK_KEY="", RLHF_MAX_MODEL_LEN="256",
-                   RLHF_TEST_LOG_LEVEL="warning")
+                   RLHF_TEST_LOG_LEVEL="warning",
+                   RLHF_REDIS_GROUP_COMMIT=args.group_commit.split(",")[0])
         with running_server(env, model_dir=model, log_dir=tmp) as srv, ExitStack() as stack:
             ids: list[str] = []
             with httpx.Client(timeout=120, headers=srv.headers()) as c:
@@ -123,34 +130,38 @@ def main() -> int:
                 "response_id": rng.choice(ids), "rating": rng.choice(["up", "down"]),
                 "user": f"user{rng.randrange(10_000)}"} for _ in range(b)]}).encode(),
                 auth) for _ in range(256)] for b in [int(x) for x in args.batch.split(",")]}
-            target = srv  # where the feedback load goes
             if args.ingest_workers:
-                target = stack.enter_context(running_ingest(env, workers=args.ingest_workers,
-                                                            log_dir=tmp))
                 results["server"] += (f"; feedback to `rlhf ingest --workers "
                                       f"{args.ingest_workers}` (uvicorn workers, own port)")
-            # both server groups: the idle `rlhf serve`'s share shows it is out of the path
-            watch = group_pids(srv.proc.pid) + [private_redis.pid]
-            if target is not srv:
-                watch += group_pids(target.proc.pid)
-            warmup = measure(target.port, single, 8, 2.0, 1)
-            results["warmup_events"] = warmup["requests"]
-            for conc in [int(x) for x in args.concurrency.split(",")]:
-                run = measure(target.port, single, conc, args.seconds, 1, watch)
-                run["route"] = "/v1/feedback"
-                results["runs"].append(run)
-                print(json.dumps(run))
-            for b, reqs in batches.items():
-                for conc in [int(x) for x in args.concurrency.split(",")]:
-                    run = measure(target.port, reqs, conc, args.seconds, b, watch)
-                    run["route"] = "/v1/feedback/batch"
-                    results["runs"].append(run)
-                    print(json.dumps(run))
+            for group_commit in [int(x) for x in args.group_commit.split(",")]:
+                with ExitStack() as per_value:
+                    run_env = dict(env, RLHF_REDIS_GROUP_COMMIT=str(group_commit))
+                    target = srv  # where the feedback load goes
+                    if args.ingest_workers:
+                        target = per_value.enter_context(running_ingest(
+                            run_env, workers=args.ingest_workers, log_dir=tmp))
+                    # both server groups: the idle `rlhf serve`'s share shows it is out of the path
+                    watch = group_pids(srv.proc.pid) + [private_redis.pid]
+                    if target is not srv:
+                        watch += group_pids(target.proc.pid)
+                    warmup = measure(target.port, single, 8, 2.0, 1)
+                    results["warmup_events"] = results.get("warmup_events", 0) + warmup["requests"]
+                    for conc in [int(x) for x in args.concurrency.split(",")]:
+                        run = measure(target.port, single, conc, args.seconds, 1, watch)
+                        run.update(route="/v1/feedback", group_commit=group_commit)
+                        results["runs"].append(run)
+                        print(json.dumps(run))
+                    for b, reqs in batches.items():
+                        for conc in [int(x) for x in args.concurrency.split(",")]:
+                            run = measure(target.port, reqs, conc, args.seconds, b, watch)
+                            run.update(route="/v1/feedback/batch", group_commit=group_commit)
+                            results["runs"].append(run)
+                            print(json.dumps(run))
             r = redis.Redis.from_url(redis_url)
             results["stream_length"] = r.xlen(KEYS.feedback_stream)
             results["counts_total"] = int(r.hget(KEYS.feedback_counts, "total") or 0)
             # every answered request is an accepted event: the stream must hold them all
-            results["accepted_by_server"] = warmup["requests"] + sum(
+            results["accepted_by_server"] = results["warmup_events"] + sum(
                 x["requests"] * x["events_per_request"] for x in results["runs"])
     results["target"] = {"events_per_s": 5000, "p99_ms": 20}
     shutil.rmtree(tmp, ignore_errors=True)
