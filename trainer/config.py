@@ -49,7 +49,10 @@ class RMConfig:
     embedding_components: int = 32   # kind "embedding": principal directions of the answers' embeddings kept as features.
                                       # Measured (bench_rm_efficiency, 140 pairs, unseen prompts, truth accuracy
                                       # balanced/formal_expert/concise_warm): 16 -> .62/.62/.56, 32 -> .70/.67/.66,
-                                      # 64 -> .70/.60/.60 (bench/results/rm_emb_sweep.json)
+                                      # 64 -> .70/.60/.60 (bench/results/rm_emb_sweep.json). At 200 pairs from a
+                                      # 120-prompt pool: 32 -> .61/.60/.61, 96 -> .67/.64/.62, 384 -> chance
+                                      # (rm_emb_sweep_200.json); choosing it by the prompt-grouped CV loss picked 32
+                                      # there too (no gain, not kept; rm_efficiency_200.json)
     embedding_l2_grid: tuple = (0.1, 1.0, 3.0, 10.0)  # kind "embedding": L2 strengths tried; the one with the lowest
                                       # held-out BT loss in prompt-grouped cross-validation is used
     embedding_cv_folds: int = 5       # kind "embedding": folds of that cross-validation (prompts never split)
