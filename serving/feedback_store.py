@@ -124,7 +124,8 @@ class FeedbackStore:
         self._sha: str | None = None
         # concurrent requests' writes share a round trip (serving/group_commit.py): one script
         # call per request, pipelined, so each request stays all-or-nothing on its own
-        self._commit: GroupCommit[list[PendingEvent], list[Accepted]] = GroupCommit(self._add_calls, max_batch=group_commit)
+        self._commit: GroupCommit[list[PendingEvent], list[Accepted]] = GroupCommit(
+            self._add_calls, max_batch=group_commit)
 
     async def ensure_group(self) -> None:
         """Create the stream and the trainer's consumer group (id 0: it reads everything)."""
