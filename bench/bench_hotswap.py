@@ -1,6 +1,7 @@
 """Hot-swap under load: time from deploy (registry CURRENT + pub/sub) to the first answer
-produced by the new version and to the swap being done (the replica's /health serves it), failed
-requests during the swap, and the latency bump.
+produced by the new version, to the first streamed token of the new version, and to the swap
+being done (the replica's /health serves it); the swap's own phases (prepared, drained, reloaded,
+paused); failed requests during the swap, and the latency bump.
 
     .venv/bin/python bench/bench_hotswap.py                 # SmolLM2-135M-Instruct
     .venv/bin/python bench/bench_hotswap.py --model tiny    # tiny random Llama (fast)
@@ -162,8 +163,8 @@ def main() -> None:
                   "0 failed requests (issue 13)",
     }
     print(write_result(f"hotswap-{'tiny' if args.model == 'tiny' else 'smollm2'}", result))
-    print({k: result[k] for k in ("deploy_to_first_answer_s", "deploy_to_first_token_s", "deploy_to_swap_done_s", "requests", "failed_requests",
-                                  "latency_ms")})
+    print({k: result[k] for k in ("deploy_to_first_answer_s", "deploy_to_first_token_s", "deploy_to_swap_done_s",
+                                  "requests", "failed_requests", "latency_ms")})
 
 
 if __name__ == "__main__":

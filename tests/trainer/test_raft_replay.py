@@ -1,13 +1,17 @@
 """RAFT's replay of earlier rounds' answers (trainer/rejection.py): the plan mixes one pass over
 the replayed answers into the first of the round's epochs, and a version's raft_kept.jsonl
-round-trips; with start_from_anchor a run fine-tunes the anchor, not the served version that sampled. (Three consecutive tiny-model RAFT runs replaying their parents' answers:
+round-trips; with start_from_anchor a run fine-tunes the anchor, not the served version that
+sampled. (Three consecutive tiny-model RAFT runs replaying their parents' answers:
 tests/trainer/test_algorithms_learning.py.)"""
 import random
 
 import torch
 from transformers import AutoTokenizer
 
+from trainer.config import RAFTConfig
+from trainer.data import PromptItem
 from trainer.modeling import load_causal_lm
+from trainer.policy_base import PolicyJob
 from trainer.rejection import KEPT_FILE, fewest_loops, read_kept, replay_plan, run_raft, write_kept
 
 
@@ -42,9 +46,6 @@ def test_fewest_loops_keeps_the_healthiest_epoch_and_the_later_on_a_tie():
 
 def _raft_at_lr_zero(tiny_model_dir, rm_dir, served, out, start_from_anchor: bool):
     """One RAFT run that cannot move its weights (lr 0): it publishes the weights it started from."""
-    from trainer.config import RAFTConfig
-    from trainer.data import PromptItem
-    from trainer.policy_base import PolicyJob
     config = RAFTConfig(k=2, max_new_tokens=4, lr=0.0, epochs=1, loop_check=False, drop_degenerate=False,
                         require_eos=False, close_cut_answers=False, min_advantage=-100.0, top_p=1.0,
                         show_progress_bar=False, device="cpu", start_from_anchor=start_from_anchor)
