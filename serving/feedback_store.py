@@ -169,7 +169,7 @@ class FeedbackStore:
         if len(calls) == 1:   # alone: a plain call, no pipeline to build
             try:
                 return [await self.redis.evalsha(self._sha, *self._script_args(calls[0]))]
-            except (NoScriptError, ResponseError) as exc:
+            except ResponseError as exc:   # NoScriptError included: handled by the caller
                 return [exc]
         pipe = self.redis.pipeline(transaction=False)
         for items in calls:

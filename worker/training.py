@@ -47,8 +47,8 @@ def train_reward_model_step(settings: Settings, sets, run_id: str, base_dir: Pat
     rms = artifacts.reward_models(settings)
     # An embedding RM refits its small head on all feedback in seconds: nothing to warm-start; and a
     # transformer RM cannot start from an embedding RM (a deployment that switched kinds).
-    warm_id = rms.latest() if config.kind == "transformer" else None
-    warm_id = None if warm_id and is_embedding_rm(rms.path(warm_id)) else warm_id
+    latest = rms.latest() if config.kind == "transformer" else None
+    warm_id = latest if latest and not is_embedding_rm(rms.path(latest)) else None
     warm = rms.path(warm_id) if warm_id else None
     pairs, rated = rm_training_data(sets, warm is not None, settings.rm_replay_ratio, run_id)
     stats.update(rm_pairs=len(pairs), rm_rated=len(rated))
