@@ -41,6 +41,23 @@ from bench._common import REPO, machine_facts, write_result  # noqa: E402
 # "batch_size": 8, "lr": 5e-5}.
 DEMO_RM = {"kind": "embedding"}
 
+# A taste written nowhere in the product (not in demo/personas.py, not in the RM's feature list): how
+# the RM does on a preference it was not designed around (`--preferences ...,unwritten`).
+CAUSAL = ("because", "since", "due to", "so that", "which means", "therefore", "as a result", "causes", "caused")
+HEDGES = ("maybe", "might", "perhaps", "i think", "not sure", "possibly", "probably", "it depends")
+
+
+def register_unwritten_preference() -> None:
+    """Adds 'unwritten' to the demo's preferences for this process only: users who want the reason
+    why (a causal connective) and no hedging, a few sentences long."""
+    from demo import personas as ps
+    ps.FACTORS["explains_why"] = ps.Factor(lambda p, t, f=True: float(any(c in t.lower() for c in CAUSAL)))
+    ps.FACTORS["no_hedging"] = ps.Factor(lambda p, t, f=True: 0.0 if any(h in t.lower() for h in HEDGES) else 1.0)
+    main_persona = ps.Persona("reasoner", 0.7, 0.1, {"explains_why": 0.5, "no_hedging": 0.3, "moderate_length": 0.2})
+    ps.PREFERENCES["unwritten"] = ps.Preference("unwritten", "Wants the reason why, without hedging.", [
+        main_persona, ps.Persona("sure", 0.15, 0.1, {"no_hedging": 0.6, "moderate_length": 0.4}),
+        ps._random(), ps._adversary_of(main_persona)])
+
 
 def answer_pool(model_dir: Path, prompts: list[str], per_prompt: int, max_tokens: int, seed: int,
                 cache: Path) -> list[dict]:
@@ -131,7 +148,9 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                    help="RMConfig overrides on top of the demo's RM config (default: the demo's own)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the answer pool (cached per seed), split and votes")
+    p.add_argument("--split-seed", type=int, help="seeds the prompt split and the votes alone (default: --seed): "
+                   "another draw of the same cached pool")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", help="HF folder (default: SmolLM2-135M-Instruct from the wheel)")
     p.add_argument("--limit-prompts", type=int, default=0, help="use only the first N prompts (smoke test)")
@@ -142,13 +161,15 @@ def main() -> int:
     from common.smollm2 import ensure_smollm2
     from trainer.config import RMConfig
     from trainer.reward_model import train_reward_model
+    register_unwritten_preference()
     data_dir = Path(os.environ.get("RLHF_DATA_DIR", REPO / ".rlhf-data"))
     model = Path(args.model) if args.model else ensure_smollm2(data_dir)
     prompts = json.loads((REPO / "demo" / "data" / "prompts.json").read_text())
     every = prompts["train"] + prompts["heldout"]
     every = every[: args.limit_prompts] if args.limit_prompts else every
     pool = answer_pool(model, every, args.per_prompt, args.max_tokens, args.seed, data_dir / "bench-cache")
-    rng = random.Random(args.seed)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    rng = random.Random(split_seed)
     shuffled = list(every)
     rng.shuffle(shuffled)
     train_prompts, heldout_prompts = set(shuffled[: len(shuffled) * 2 // 3]), set(shuffled[len(shuffled) * 2 // 3:])
@@ -159,7 +180,7 @@ def main() -> int:
                      "pool_finished_share": sum(a["finished"] for a in pool) / len(pool), "runs": []}
     root = Path(tempfile.mkdtemp(prefix="rm-eff-"))
     try:
-        data = {pref: (votes(pool, train_prompts, pref, 16, args.seed), votes(pool, heldout_prompts, pref, 16, args.seed + 1))
+        data = {pref: (votes(pool, train_prompts, pref, 16, split_seed), votes(pool, heldout_prompts, pref, 16, split_seed + 1))
                 for pref in args.preferences.split(",")}
         for name, overrides in variants.items():  # variant-major: the first variant covers every preference first
             for pref, (train, heldout) in data.items():

@@ -42,6 +42,7 @@ from trainer.config import RMConfig
 from trainer.data import PreferencePair, RatedAnswer
 from trainer.modeling import fresh_output_dir, publish, set_threads
 from trainer.reward_model import STATS_FILE, answer_lengths, split_heldout
+from trainer.text_features import SURFACE_NAMES, Vocabulary, surface_matrix
 
 KIND = "embedding"
 HEAD_FILE = "embedding_head.json"
@@ -97,10 +98,23 @@ def pca_basis(vectors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def raw_features(answer_vecs: torch.Tensor, prompt_vecs: torch.Tensor, finished: torch.Tensor,
-                 pca_mean: torch.Tensor, pca_dirs: torch.Tensor) -> torch.Tensor:
-    """[PCA projection of the answer | cos(prompt, answer) | finished] per row."""
+                 pca_mean: torch.Tensor, pca_dirs: torch.Tensor, text_x: torch.Tensor | None = None) -> torch.Tensor:
+    """[PCA projection of the answer | cos(prompt, answer) | finished | text features, if any] per row."""
     cos = (answer_vecs * prompt_vecs).sum(-1, keepdim=True)
-    return torch.cat([(answer_vecs - pca_mean) @ pca_dirs, cos, finished.float().unsqueeze(-1)], -1)
+    parts = [(answer_vecs - pca_mean) @ pca_dirs, cos, finished.float().unsqueeze(-1)]
+    return torch.cat(parts + ([text_x] if text_x is not None and text_x.shape[1] else []), -1)
+
+
+def text_features(prompts: Sequence[str], answers: Sequence[str], surface: bool, vocab: Vocabulary | None,
+                  surface_x: torch.Tensor | None = None) -> torch.Tensor:
+    """The text-derived columns (trainer/text_features.py): surface features then the bag of words;
+    `surface_x` reuses an already computed surface block."""
+    parts = []
+    if surface:
+        parts.append(surface_x if surface_x is not None else surface_matrix(prompts, answers))
+    if vocab is not None:
+        parts.append(vocab.matrix(answers))
+    return torch.cat(parts, -1) if parts else torch.zeros(len(answers), 0)
 
 
 def fit_linear_reward(pair_x: tuple[torch.Tensor, torch.Tensor], pair_w: torch.Tensor, pair_margin: torch.Tensor,
@@ -141,12 +155,14 @@ class _Data:
     """The rows one RM run fits: each pair's two answers then each thumbed answer, with pairs and thumbs
     as indices into them (a text that recurs is embedded once: the encoder caches)."""
 
-    def __init__(self, encoder: SentenceEncoder, pairs: Sequence[PreferencePair], rated: Sequence[RatedAnswer]):
+    def __init__(self, encoder: SentenceEncoder, pairs: Sequence[PreferencePair], rated: Sequence[RatedAnswer],
+                 surface: bool = False):
         self.prompts = [prompt_text(p.messages) for p in pairs for _ in (0, 1)] + [prompt_text(r.messages) for r in rated]
         self.answers = [a for p in pairs for a in (p.chosen, p.rejected)] + [r.answer for r in rated]
         self.finished = torch.tensor([f for p in pairs for f in (p.chosen_finished, p.rejected_finished)]
                                      + [r.finished for r in rated])
         self.answer_vecs, self.prompt_vecs = encoder(self.answers), encoder(self.prompts)
+        self.surface_x = surface_matrix(self.prompts, self.answers) if surface else None
         self.log_len = torch.log1p(answer_lengths(encoder.tokenizer, self.answers))  # the transformer RM's L(y), in the encoder's tokens
         n = 2 * len(pairs)
         self.chosen, self.rejected, self.rated = torch.arange(0, n, 2), torch.arange(1, n, 2), torch.arange(n, len(self.answers))
@@ -159,48 +175,68 @@ class _Data:
 
 
 class LinearHead:
-    """PCA basis + standardisation + weights: everything scoring needs besides the encoder."""
+    """PCA basis + text-feature choice + standardisation + weights: everything scoring needs besides
+    the encoder."""
 
-    def __init__(self, pca_mean, pca_dirs, feat_mean, feat_std, w, b, length_weight=None):
+    def __init__(self, pca_mean, pca_dirs, feat_mean, feat_std, w, b, length_weight=None,
+                 surface: bool = False, vocab: Vocabulary | None = None):
         self.pca_mean, self.pca_dirs, self.feat_mean, self.feat_std = pca_mean, pca_dirs, feat_mean, feat_std
         self.w, self.b, self.length_weight = w, b, length_weight
+        self.surface, self.vocab = surface, vocab
 
-    def features(self, answer_vecs, prompt_vecs, finished) -> torch.Tensor:
-        raw = raw_features(answer_vecs, prompt_vecs, finished, self.pca_mean, self.pca_dirs)
+    def features(self, answer_vecs, prompt_vecs, finished, prompts, answers, surface_x=None) -> torch.Tensor:
+        text_x = text_features(prompts, answers, self.surface, self.vocab, surface_x)
+        raw = raw_features(answer_vecs, prompt_vecs, finished, self.pca_mean, self.pca_dirs, text_x)
         return (raw - self.feat_mean) / self.feat_std
 
-    def score(self, answer_vecs, prompt_vecs, finished) -> torch.Tensor:
+    def score(self, answer_vecs, prompt_vecs, finished, prompts, answers, surface_x=None) -> torch.Tensor:
         """The saved reward r_Q = x·w (the length term, if any, was training-only)."""
-        return self.features(answer_vecs, prompt_vecs, finished) @ self.w
+        return self.features(answer_vecs, prompt_vecs, finished, prompts, answers, surface_x) @ self.w
+
+    def weights_by_name(self) -> dict[str, float]:
+        """The head's weight of each named (non-PCA) feature, for the RM's report."""
+        names = ["prompt_cosine", "finished"] + (list(SURFACE_NAMES) if self.surface else []) + \
+            ([f"word:{w}" for w in self.vocab.words] if self.vocab else [])
+        return dict(zip(names, self.w[self.pca_dirs.shape[1]:].tolist()))
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k).tolist() for k in ("pca_mean", "pca_dirs", "feat_mean", "feat_std", "w", "b")}
+        out = {k: getattr(self, k).tolist() for k in ("pca_mean", "pca_dirs", "feat_mean", "feat_std", "w", "b")}
+        return {**out, "surface": self.surface, "vocab": self.vocab.words if self.vocab else None}
 
     @classmethod
     def from_json(cls, d: dict) -> "LinearHead":
-        return cls(*(torch.tensor(d[k]) for k in ("pca_mean", "pca_dirs", "feat_mean", "feat_std", "w", "b")))
+        vocab = Vocabulary(d["vocab"]) if d.get("vocab") is not None else None
+        return cls(*(torch.tensor(d[k]) for k in ("pca_mean", "pca_dirs", "feat_mean", "feat_std", "w", "b")),
+                   surface=bool(d.get("surface")), vocab=vocab)
 
 
 def _fit_head(data: _Data, pair_idx: torch.Tensor, rated_idx: torch.Tensor, config: RMConfig, l2: float) -> LinearHead:
     """Fit on the given pairs/thumbs only: PCA and standardisation from their answers too (no peeking)."""
     rows = torch.cat([data.chosen[pair_idx], data.rejected[pair_idx], data.rated[rated_idx]])
     pca_mean, pca_dirs = pca_basis(data.answer_vecs[rows], config.embedding_components)
-    raw = raw_features(data.answer_vecs, data.prompt_vecs, data.finished, pca_mean, pca_dirs)
+    vocab = (Vocabulary.fit([data.answers[i] for i in rows.tolist()], config.embedding_vocab_min_df,
+                            config.embedding_vocab) if config.embedding_vocab else None)
+    text_x = text_features(data.prompts, data.answers, config.embedding_surface, vocab, data.surface_x)
+    raw = raw_features(data.answer_vecs, data.prompt_vecs, data.finished, pca_mean, pca_dirs, text_x)
     if config.length_debias:  # ODIN in linear form: a length covariate fitted with, dropped at scoring
         raw = torch.cat([raw, data.log_len.unsqueeze(-1)], -1)
     mean, std = raw[rows].mean(0), raw[rows].std(0, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant column (all finished) stays 0
+    if vocab is not None:  # word presences stay 0/1 (centred only): scaled up, a rare word would escape the L2
+        start = raw.shape[1] - len(vocab.words) - (1 if config.length_debias else 0)
+        std[start:start + len(vocab.words)] = 1.0
     x = (raw - mean) / std
     w, b = fit_linear_reward((x[data.chosen[pair_idx]], x[data.rejected[pair_idx]]), data.pair_w[pair_idx],
                              data.pair_margin[pair_idx], x[data.rated[rated_idx]], data.rated_sign[rated_idx],
                              data.rated_w[rated_idx], l2, config.pointwise_coef)
+    text = {"surface": config.embedding_surface, "vocab": vocab}
     if config.length_debias:
-        return LinearHead(pca_mean, pca_dirs, mean[:-1], std[:-1], w[:-1], b, length_weight=w[-1])
-    return LinearHead(pca_mean, pca_dirs, mean, std, w, b)
+        return LinearHead(pca_mean, pca_dirs, mean[:-1], std[:-1], w[:-1], b, length_weight=w[-1], **text)
+    return LinearHead(pca_mean, pca_dirs, mean, std, w, b, **text)
 
 
 def _scores(head: LinearHead, data: _Data) -> torch.Tensor:
-    return head.score(data.answer_vecs, data.prompt_vecs, data.finished)
+    return head.score(data.answer_vecs, data.prompt_vecs, data.finished, data.prompts, data.answers, data.surface_x)
 
 
 def choose_l2(data: _Data, config: RMConfig) -> tuple[float, dict]:
@@ -243,16 +279,20 @@ def train_embedding_rm(pairs: Sequence[PreferencePair], rated: Sequence[RatedAns
         raise ValueError("no training data: give preference pairs and/or rated answers")
     final, partial = fresh_output_dir(out_dir)
     encoder = SentenceEncoder()
-    data = _Data(encoder, train_pairs, rated)
+    data = _Data(encoder, train_pairs, rated, config.embedding_surface)
     l2, cv_losses = choose_l2(data, config)
     head = _fit_head(data, torch.arange(len(train_pairs)), torch.arange(len(rated)), config, l2)
     r = _scores(head, data)
     metrics = {"kind": KIND, "l2": l2, "cv_losses": cv_losses, "components": int(head.pca_dirs.shape[1]),
                "train_accuracy": pm.pairwise_accuracy(r[data.chosen], r[data.rejected]) if train_pairs else None,
                "reward_mean": r.mean().item(), "reward_std": max(r.std(unbiased=False).item() if len(r) > 1 else 1.0, 1e-6),
-               "length_weight": head.length_weight.item() if head.length_weight is not None else None}
+               "length_weight": head.length_weight.item() if head.length_weight is not None else None,
+               "feature_weights": {k: round(v, 4) for k, v in head.weights_by_name().items()
+                                   if not k.startswith("word:")},
+               "top_words": sorted(((k[5:], round(v, 4)) for k, v in head.weights_by_name().items()
+                                    if k.startswith("word:")), key=lambda kv: -abs(kv[1]))[:10]}
     if heldout:
-        held = _Data(encoder, heldout, [])
+        held = _Data(encoder, heldout, [], config.embedding_surface)
         hr = _scores(head, held)
         metrics["heldout_accuracy"] = pm.pairwise_accuracy(hr[held.chosen], hr[held.rejected])
         metrics["length_correlation"] = pm.pearson_correlation(hr, held.log_len.expm1()).item()
@@ -296,8 +336,9 @@ class EmbeddingRewardModel:
         if len(messages_list) != len(answers):
             raise ValueError("messages_list and answers differ in length")
         finished = torch.tensor([True] * len(answers) if finished is None else [bool(f) for f in finished])
-        prompts = self.encoder([prompt_text(m) for m in messages_list])
-        return self.head.score(self.encoder(list(answers)), prompts, finished).tolist()
+        prompts = [prompt_text(m) for m in messages_list]
+        return self.head.score(self.encoder(list(answers)), self.encoder(prompts), finished, prompts,
+                               list(answers)).tolist()
 
     def normalised(self, messages_list, answers, finished=None) -> list[float]:
         return [(r - self.mean) / self.std for r in self.score(messages_list, answers, finished)]

@@ -101,7 +101,9 @@ RAMBLE = ("Well, there are many things one could say about many things, and it r
 def _pair(i: int, on_topic_long: bool) -> PreferencePair:
     topic, fact = TOPICS[i]
     other = TOPICS[(i + 7) % len(TOPICS)][0]
-    good = fact if not on_topic_long else fact + " " + fact.replace(".", ", which is worth knowing.")
+    # the longer good answer adds a second sentence on the topic (not the first one repeated: repetition
+    # is a cue of its own, which the RM's surface features rightly count against an answer)
+    good = fact if not on_topic_long else fact + f" People who study {topic} keep finding new details worth knowing."
     bad = RAMBLE.format(other=other) if not on_topic_long else f"Maybe {other}."
     return PreferencePair([{"role": "user", "content": f"Tell me about {topic}."}], good, bad)
 
