@@ -45,7 +45,8 @@ PRESETS = {
     # quick preset keeps DPO: it is the fastest round (no sampling), which is what the quick run is for.
     # The RM is the embedding kind (trainer/embedding_rm.py): on prompts it never saw, the fine-tuned
     # transformer RM judged pairs at chance (0.43-0.51 truth accuracy, ~140 pairs), the embedding RM at
-    # 0.66-0.70, in 6-8 s instead of ~90 s (bench/results/rm_embedding_ab.json).
+    # 0.66-0.70, in 6-8 s instead of ~90 s (bench/results/rm_embedding_ab.json); with the answers' surface
+    # features and words (RMConfig defaults since session 14) 0.76-0.84 at 200 pairs (rm_surface_s14*.json).
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=4,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
