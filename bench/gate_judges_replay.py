@@ -88,6 +88,7 @@ def main() -> None:
             row["ensembles"][name] = {
                 "judges": [d.name for d in dirs], "mean": round(sum(diffs) / len(diffs), 4),
                 "lower_bound": round(bound, 4), "would_pass_gain_test": bound > settings.gate_min_rm_gain,
+                "win_share": round(sum(d > 0 for d in diffs) / len(diffs), 3),
                 "sign_agreement": round(sum((d > 0) == (t > 0) for d, t in zip(diffs, truth)) / len(diffs), 3),
                 "correlation_with_hidden": correlation(diffs, truth)}
         rows.append(row)
