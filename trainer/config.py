@@ -243,6 +243,16 @@ class RAFTConfig(PolicyConfig):
                                       # the probe answer became "La femme, la femme, ...", RM gain +0.03 vs +0.41;
                                       # at 0.15, 2/40 held-out greedy answers degenerate vs 0/40 at 0
                                       # (bench/results/raft_unlikelihood_ab.txt)
+    early_stop_weight: float = 2.0    # weight of an unlikelihood term on stopping where a kept answer went on:
+                                      # -log(1 - π(EOS)) at every token of it but the last. Why: a kept answer
+                                      # closed after its last full sentence ends at an arbitrary sentence, so
+                                      # fine-tuning cannot tell the final sentence end from the others and
+                                      # learns π(EOS | any sentence end) ≈ the share of final ones (measured:
+                                      # 0.44 mean at the non-final sentence ends of its own kept answers, v0
+                                      # 0.009); greedy decoding then stops after the first sentence whenever
+                                      # no continuation is as likely ("What is cheese?" -> "The cheese.").
+                                      # Plain likelihood already pushes π(EOS) there with gradient π(EOS);
+                                      # this adds `early_stop_weight` times that. 0 = off
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples

@@ -84,12 +84,23 @@ class PolicyRun:
     def token_logprobs(self, model, prompts: Sequence[list[int]], responses: Sequence[list[int]]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log π(y_t) per response token, 0/1 mask of real tokens), both (B, T_response)."""
+        logits, r_ids, r_mask = self._response_logits(model, prompts, responses)
+        return pm.logprobs_from_logits(logits, r_ids), r_mask
+
+    def token_and_stop_logprobs(self, model, prompts: Sequence[list[int]], responses: Sequence[list[int]]
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`token_logprobs` plus log π(stop) at each position (any end-of-sequence id), (B, T_response)."""
+        logits, r_ids, r_mask = self._response_logits(model, prompts, responses)
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        stop = torch.logsumexp(log_p[..., list(self.eos_ids)], dim=-1)
+        return log_p.gather(-1, r_ids.unsqueeze(-1)).squeeze(-1), r_mask, stop
+
+    def _response_logits(self, model, prompts, responses):
         p_ids, p_mask = left_pad(prompts, self.pad_id)
         r_ids, r_mask = right_pad(responses, self.pad_id)
         ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
         logits = response_logits(model, ids, mask, r_ids.shape[1]) / self.config.temperature
-        r_ids, r_mask = r_ids.to(logits.device), r_mask.to(logits.device).float()
-        return pm.logprobs_from_logits(logits, r_ids), r_mask
+        return logits, r_ids.to(logits.device), r_mask.to(logits.device).float()
 
     @torch.no_grad()
     def reference_logprobs(self, prompts, responses, batch_size: int = 16) -> torch.Tensor:

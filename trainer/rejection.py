@@ -154,9 +154,16 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         total = 0.0
         for s in range(0, len(batch), config.micro_batch_size):
             micro = batch[s:s + config.micro_batch_size]
-            with autocast(run.device):
-                logp, n_tok = run.logprobs(run.actor, [prompts[r] for r in micro], [responses[r] for r in micro])
-            loss = prm.rpo_nll(logp.float(), n_tok)
+            micro_p, micro_r = [prompts[r] for r in micro], [responses[r] for r in micro]
+            if config.early_stop_weight > 0:
+                with autocast(run.device):
+                    token_logp, real, stop_logp = run.token_and_stop_logprobs(run.actor, micro_p, micro_r)
+                loss = prm.rpo_nll((token_logp * real).sum(1), real.sum(1)) + config.early_stop_weight * \
+                    prm.unlikelihood_loss(stop_logp, not_ended_mask(micro_r, run.eos_ids, real))
+            else:
+                with autocast(run.device):
+                    logp, n_tok = run.logprobs(run.actor, micro_p, micro_r)
+                loss = prm.rpo_nll(logp.float(), n_tok)
             (loss * len(micro) / len(batch)).backward()
             total += loss.item() * len(micro) / len(batch)
         stats = {"step": step, "nll": total}
@@ -178,6 +185,14 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     keep = (taught + earlier)[: config.replay_keep]
     return run.finish("raft", history, {**sample_stats, "k": config.k, "epochs": config.epochs},
                       extra_save=lambda folder: write_kept(folder, keep), progress=progress)
+
+
+def not_ended_mask(responses: Sequence[list[int]], stop_ids: Sequence[int], real: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1 where the answer did not end: a real token that is not an end-of-sequence id. There,
+    π(stop) should be ~0 (the writer went on); the early-stop unlikelihood pushes it down."""
+    stops = set(stop_ids)
+    marks = [[0.0 if t in stops else 1.0 for t in r] + [0.0] * (real.shape[1] - len(r)) for r in responses]
+    return torch.tensor(marks, dtype=real.dtype, device=real.device) * real
 
 
 def replay_plan(rows: list, replay: list, size: int, epochs: int, rng: random.Random) -> list[list[list]]:
