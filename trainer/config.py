@@ -243,7 +243,7 @@ class RAFTConfig(PolicyConfig):
                                       # the probe answer became "La femme, la femme, ...", RM gain +0.03 vs +0.41;
                                       # at 0.15, 2/40 held-out greedy answers degenerate vs 0/40 at 0
                                       # (bench/results/raft_unlikelihood_ab.txt)
-    early_stop_weight: float = 2.0    # weight of an unlikelihood term on stopping where a kept answer went on:
+    early_stop_weight: float = 0.0    # weight of an unlikelihood term on stopping where a kept answer went on:
                                       # -log(1 - π(EOS)) at every token of it but the last. Why: a kept answer
                                       # closed after its last full sentence ends at an arbitrary sentence, so
                                       # fine-tuning cannot tell the final sentence end from the others and
@@ -252,7 +252,12 @@ class RAFTConfig(PolicyConfig):
                                       # 0.009); greedy decoding then stops after the first sentence whenever
                                       # no continuation is as likely ("What is cheese?" -> "The cheese.").
                                       # Plain likelihood already pushes π(EOS) there with gradient π(EOS);
-                                      # this adds `early_stop_weight` times that. 0 = off
+                                      # this adds `early_stop_weight` times that. 0 = off. Why off: measured at
+                                      # 2.0 it did what it says on the better-candidate gate test (π(EOS) at
+                                      # non-final sentence ends 0.44 -> 0.20, degenerate gate answers 2/33 ->
+                                      # 0/33), but in the balanced demo (docs/demo/balanced-early-stop, one run)
+                                      # greedy answers that no longer stopped looped instead ("a never-ending
+                                      # journey, a never-ending journey"): v1 58% / 2 degenerate of 24 vs 81% / 1
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples

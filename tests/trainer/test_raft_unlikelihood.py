@@ -1,5 +1,6 @@
-"""RAFT's loop unlearning (trainer/rejection.py): the unlikelihood step lowers the probability of
-the repeated tokens of a looping answer, and leaves its first occurrence's tokens alone."""
+"""RAFT's unlikelihood terms (trainer/rejection.py): the loop step lowers the probability of the
+repeated tokens of a looping answer, and leaves its first occurrence's tokens alone; the early-stop
+term lowers the probability of stopping where a kept answer went on."""
 import torch
 
 from trainer import preference_math as prm
@@ -7,7 +8,7 @@ from trainer.config import RAFTConfig
 from trainer.data import PromptItem
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob
-from trainer.rejection import _unlikelihood_step, find_loops
+from trainer.rejection import _unlikelihood_step, find_loops, not_ended_mask
 
 
 def test_unlikelihood_step_unlearns_a_loop(tiny_model_dir, trained_rm, tmp_path):
@@ -37,3 +38,35 @@ def test_unlikelihood_step_unlearns_a_loop(tiny_model_dir, trained_rm, tmp_path)
         run.clip_and_step()
     after = logp()
     assert after[mask].mean() < before[mask].mean() - 0.1, (before[mask], after[mask])
+
+
+def test_not_ended_mask_marks_every_real_token_but_the_stop():
+    real = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    # the first answer ends with the stop id 2; the second was cut off (no stop): all its real tokens count
+    assert not_ended_mask([[5, 7, 2], [9]], [2], real).tolist() == [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def test_early_stop_unlikelihood_on_known_values_and_it_lowers_stopping_where_the_answer_went_on(
+        tiny_model_dir, trained_rm, tmp_path):
+    # -log(1 - p) averaged over the marked positions: p = 0.5 and 0.2 -> (0.6931 + 0.2231) / 2
+    stop_logp = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    loss = prm.unlikelihood_loss(stop_logp, torch.tensor([[1.0, 1.0, 0.0]])).item()
+    assert abs(loss - 0.4581) < 1e-4
+    torch.set_num_threads(2)
+    config = RAFTConfig(lr=1e-3, show_progress_bar=False, device="cpu", seed=0)
+    job = PolicyJob(tiny_model_dir, tiny_model_dir, tmp_path / "out", prompts=[PromptItem([{"role": "user", "content": "hi"}])],
+                    reward_model_dir=trained_rm[0])
+    run = OnlineRun(job, config)
+    prompt = run.prompt_ids([{"role": "user", "content": "hi"}])
+    answer = run.tokenizer("one two three four five", add_special_tokens=False).input_ids + [run.eos_ids[0]]
+
+    def early_stop() -> float:
+        with torch.no_grad():
+            _, real, stop = run.token_and_stop_logprobs(run.actor, [prompt], [answer])
+        return prm.unlikelihood_loss(stop, not_ended_mask([answer], run.eos_ids, real)).item()
+    before = early_stop()
+    for _ in range(3):
+        _, real, stop = run.token_and_stop_logprobs(run.actor, [prompt], [answer])
+        prm.unlikelihood_loss(stop, not_ended_mask([answer], run.eos_ids, real)).backward()
+        run.clip_and_step()
+    assert early_stop() < before

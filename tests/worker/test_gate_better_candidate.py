@@ -23,6 +23,13 @@ Session 13, with the embedding RM the pipeline now trains (both RMs; own RM held
 0.875): RAFT kept 30 answers (8 steps), finished answers 88% vs 21%, and the gate refused it on
 three counts — 3/33 degenerate greedy answers ("What is thunderstorms?" -> "Thunderbolts!"), judge
 mean +0.103 but 95% bound -0.028, implicit preference 0.45 vs 0.50 on 20 held-out pairs. (8 min.)
+Session 14, with the RM's surface features and words: the judge's gain bound rose to +0.62, but 2/33
+greedy answers stopped after a first sentence ("What is cheese?" -> "The cheese.": the fine-tuning had
+learned pi(EOS) 0.44 at any sentence end) and implicit preference 0.40 vs 0.50. With RAFT's early-stop
+unlikelihood (`early_stop_weight` 2.0): 0/33 degenerate, judge mean +0.53, bound +0.28, finished
+answers 79% vs 21%, KL 2.46 — refused on implicit preference alone (0.40 vs 0.50 on 20 held-out
+pairs, 8 of 20; the check allows 0.45). (5.5 min.) That term is off by default: in the balanced
+demo the greedy answers it kept from stopping looped instead (RAFTConfig.early_stop_weight).
 """
 import json
 import os
