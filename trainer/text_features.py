@@ -6,9 +6,9 @@ contractions, a list, a question back to the user. Human raters react to exactly
 Arena's "style control" regresses its votes on markdown headers, lists and bold text beside length;
 stylometry has used such counts for decades). Each feature below is cheap, bounded and documented,
 and none is a length: they are shares, presences or counts capped at 3 (commas 6), so past a few
-sentences a longer answer buys nothing through them (length has its own training-only covariate). Which of them matter, and
-which way, is the Bradley–Terry head's to learn from the votes (with the L2 chosen by
-prompt-grouped cross-validation): a taste indifferent to them gets weights near 0.
+sentences a longer answer buys nothing through them (length has its own training-only covariate).
+Which of them matter, and which way, is the Bradley–Terry head's to learn from the votes (with the
+L2 chosen by prompt-grouped cross-validation): a taste indifferent to them gets weights near 0.
 
 Plus an optional bag of words (`Vocabulary`): the words that occur in at least `min_df` of the
 RM's own training answers (so a word the votes could not have weighed is never a feature),
@@ -56,7 +56,7 @@ def surface_features(prompt: str, answer: str) -> list[float]:
         _capped(len(_EMOJI.findall(answer))),                 # emoji
         _capped(len(_LIST_LINE.findall(answer))),             # list items
         _capped(answer.count("**") // 2 + len(re.findall(r"^#+\s", answer, re.M))),  # markdown emphasis / headers
-        _capped(answer.count(","), 6),                         # commas (clause-heavy prose)
+        _capped(answer.count(","), 6),                        # commas (clause-heavy prose)
         min(1.0, sum(map(len, tokens)) / n / 10),             # mean word length / 10 (register)
         min(1.0, repeated_ngram_share(tokens, 2) * 2),        # repeated bigrams (looping)
         float(bool(re.search(r"[.!?)\"']\s*$", answer))),     # ends like a finished sentence
