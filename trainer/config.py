@@ -214,6 +214,14 @@ class RAFTConfig(PolicyConfig):
                                       # only 9-15% of samples finish within the 64 tokens users get, so most
                                       # prompts had no eligible answer and a round kept 9-19
     close_min_share: float = 0.3      # a closed candidate keeps at least this share of its sample's tokens
+    close_at: str = "last"            # where a cut-off sample is closed: "last" = after its last whole sentence;
+                                      # "likeliest" = after the whole sentence where the policy itself was the most
+                                      # likely to stop (π(EOS) there), so the stop it learns stands where it already
+                                      # leaned to stop rather than wherever the token budget ran out
+    closed_eos_weight: float = 1.0    # weight of the likelihood of the EOS that closes a kept closed candidate
+                                      # (its other tokens weigh 1). That EOS stands after an arbitrary sentence
+                                      # end (see early_stop_weight); 0 = a closed answer teaches what to say,
+                                      # and only answers that ended by themselves teach where to stop
     min_length_ratio: float = 0.15    # a kept answer has at least this share of the words of the prompt's median
                                       # sample: stricter than the gate's "far too short" (0.06 of the anchor's), so
                                       # no quip is taught (measured: a candidate answered "The storm.")

@@ -61,11 +61,10 @@ _SENTENCE_END = re.compile(r"[^\d\s][.!?][\"')\]]*$")     # "...word." but not a
 _NOT_AN_END = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "st.", "no.")
 
 
-def last_sentence_end(pieces: Sequence[str], min_tokens: int = 1) -> int | None:
-    """How many leading tokens of a cut-off answer make whole sentences: the largest n >= `min_tokens`
-    such that the text of `pieces[:n]` (each token decoded alone) ends a sentence — a ".", "!" or
-    "?" after a word (closing quotes or brackets allowed), not an abbreviation such as "e.g.", and
-    followed by a space or line break or nothing. None when no sentence ends in time."""
+def sentence_ends(pieces: Sequence[str]) -> list[int]:
+    """Every n such that the text of `pieces[:n]` (each token decoded alone) ends a sentence: a ".",
+    "!" or "?" after a word (closing quotes or brackets allowed), not an abbreviation such as "e.g.",
+    and followed by a space or line break or nothing. Ascending."""
     text = ""
     ends = []
     for n, piece in enumerate(pieces, 1):
@@ -76,8 +75,21 @@ def last_sentence_end(pieces: Sequence[str], min_tokens: int = 1) -> int | None:
         spaced = tail != text or not nxt or nxt[:1].isspace()
         if tail and spaced and _SENTENCE_END.search(tail) and last_word.strip("\"')]") not in _NOT_AN_END:
             ends.append(n)
-    ends = [n for n in ends if n >= min_tokens]
+    return ends
+
+
+def last_sentence_end(pieces: Sequence[str], min_tokens: int = 1) -> int | None:
+    """How many leading tokens of a cut-off answer make whole sentences: the largest sentence end
+    (`sentence_ends`) n >= `min_tokens`. None when no sentence ends in time."""
+    ends = [n for n in sentence_ends(pieces) if n >= min_tokens]
     return ends[-1] if ends else None
+
+
+def likeliest_stop(ends: Sequence[int], stop_logp: Sequence[float], min_tokens: int = 1) -> int | None:
+    """Of the sentence ends n >= `min_tokens`, the one after which the policy itself was the most
+    likely to stop (`stop_logp[n]` = log π(EOS | the first n tokens)); the later one on a tie."""
+    ends = [n for n in ends if n >= min_tokens and n < len(stop_logp)]
+    return max(ends, key=lambda n: (stop_logp[n], n)) if ends else None
 
 
 def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progress | None = None) -> dict:
@@ -144,6 +156,8 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     responses = responses + [r["response_ids"] for r in replayed]
     sample_stats.update(replayed=len(replayed), replay_pool=len(earlier), started_from="anchor" if restart else "served")
     again = list(range(first, len(prompts)))
+    # the answers that end where a cut-off sample was closed (this round's and replayed ones)
+    closed_rows = {r for r in rows if made[r]} | {first + j for j, rec in enumerate(replayed) if rec.get("closed")}
     plan = (replay_plan(rows + again, [], config.batch_size, config.epochs, rng) if restart
             else replay_plan(rows, again, config.batch_size, config.epochs, rng))
     batches = [(e, b) for e, epoch in enumerate(plan) for b in epoch]
@@ -155,15 +169,16 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         for s in range(0, len(batch), config.micro_batch_size):
             micro = batch[s:s + config.micro_batch_size]
             micro_p, micro_r = [prompts[r] for r in micro], [responses[r] for r in micro]
-            if config.early_stop_weight > 0:
-                with autocast(run.device):
+            with autocast(run.device):
+                if config.early_stop_weight > 0:
                     token_logp, real, stop_logp = run.token_and_stop_logprobs(run.actor, micro_p, micro_r)
-                loss = prm.rpo_nll((token_logp * real).sum(1), real.sum(1)) + config.early_stop_weight * \
-                    prm.unlikelihood_loss(stop_logp, not_ended_mask(micro_r, run.eos_ids, real))
-            else:
-                with autocast(run.device):
-                    logp, n_tok = run.logprobs(run.actor, micro_p, micro_r)
-                loss = prm.rpo_nll(logp.float(), n_tok)
+                else:
+                    token_logp, real = run.token_logprobs(run.actor, micro_p, micro_r)
+            weights = closing_weights(micro_r, [r in closed_rows for r in micro], config.closed_eos_weight, real)
+            loss = prm.rpo_nll((token_logp.float() * weights).sum(1), real.sum(1))
+            if config.early_stop_weight > 0:
+                loss = loss + config.early_stop_weight * prm.unlikelihood_loss(
+                    stop_logp, not_ended_mask(micro_r, run.eos_ids, real))
             (loss * len(micro) / len(batch)).backward()
             total += loss.item() * len(micro) / len(batch)
         stats = {"step": step, "nll": total}
@@ -181,10 +196,21 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
                             loop_check_degenerate_kept=counts[str(check["kept_epoch"])],
                             loop_check_seconds=check["seconds"])
     taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),
-               "prompt": user_text(messages[r // m]), "answer": texts[r]} for r in rows]
+               "prompt": user_text(messages[r // m]), "answer": texts[r], "closed": bool(made[r])} for r in rows]
     keep = (taught + earlier)[: config.replay_keep]
     return run.finish("raft", history, {**sample_stats, "k": config.k, "epochs": config.epochs},
                       extra_save=lambda folder: write_kept(folder, keep), progress=progress)
+
+
+def closing_weights(responses: Sequence[list[int]], closed: Sequence[bool], eos_weight: float,
+                    real: torch.Tensor) -> torch.Tensor:
+    """(B, T) per-token weights of the likelihood: 1 at every real token, except `eos_weight` at the
+    last token (the EOS appended when it was closed) of an answer that was closed at a sentence end."""
+    weights = real.clone()
+    for i, (r, c) in enumerate(zip(responses, closed)):
+        if c and r:
+            weights[i, len(r) - 1] = eos_weight * real[i, len(r) - 1]
+    return weights
 
 
 def not_ended_mask(responses: Sequence[list[int]], stop_ids: Sequence[int], real: torch.Tensor) -> torch.Tensor:
@@ -329,7 +355,7 @@ def sample_candidates(run: OnlineRun, messages: list[list[dict]], config: RAFTCo
     prompts, responses, scores, raw, has_eos = run.sample(messages, k)
     if not config.close_cut_answers:
         return prompts, responses, scores, raw, has_eos, [False] * len(responses)
-    closed = close_cut_answers(run, responses, has_eos, config.close_min_share)
+    closed = close_cut_answers(run, prompts, responses, has_eos, config.close_min_share, config.close_at)
     idx = [i for i, c in enumerate(closed) if c is not None]
     c_scores, c_raw, c_eos = scores.clone(), raw.clone(), has_eos.clone()
     if idx:
@@ -348,17 +374,31 @@ def _side_by_side(a, b, k: int):
         return torch.cat([a.view(-1, k), b.view(-1, k)], 1).reshape(-1)
     return [x for i in range(0, len(a), k) for x in list(a[i:i + k]) + list(b[i:i + k])]
 
-def close_cut_answers(run: OnlineRun, responses: list[list[int]], has_eos: torch.Tensor,
-                      min_share: float) -> list[list[int] | None]:
+def close_cut_answers(run: OnlineRun, prompts: list[list[int]], responses: list[list[int]], has_eos: torch.Tensor,
+                      min_share: float, close_at: str = "last") -> list[list[int] | None]:
     """For each sample cut off by the token limit, its leading whole sentences plus EOS (when they
     keep at least `min_share` of its tokens), else None. Users get answers of this same token
     budget, so a sample that ran past it shows what the policy would say if it had planned to fit;
-    the RM then judges the closed candidate like any other (it may prefer the cut-off one)."""
-    out: list[list[int] | None] = []
-    for r, done in zip(responses, has_eos.tolist()):
-        if done:
-            out.append(None)
-            continue
-        n = last_sentence_end([run.tokenizer.decode([t]) for t in r], min_tokens=max(1, int(min_share * len(r))))
-        out.append(list(r[:n]) + [run.eos_ids[0]] if n else None)
+    the RM then judges the closed candidate like any other (it may prefer the cut-off one).
+    `close_at`: "last" = after the last whole sentence; "likeliest" = after the sentence where the
+    policy itself was the most likely to stop (`likeliest_stop`)."""
+    if close_at not in ("last", "likeliest"):
+        raise ValueError(f"close_at must be 'last' or 'likeliest', not {close_at!r}")
+    cut = [i for i, done in enumerate(has_eos.tolist()) if not done]
+    stops: dict[int, list[float]] = {}
+    if close_at == "likeliest":
+        for s in range(0, len(cut), 16):
+            rows = cut[s:s + 16]
+            with autocast(run.device):
+                _, real, stop = run.token_and_stop_logprobs(run.actor, [prompts[i] for i in rows],
+                                                            [responses[i] for i in rows])
+            stops.update({i: stop[j, :len(responses[i])].float().tolist() for j, i in enumerate(rows)})
+    out: list[list[int] | None] = [None] * len(responses)
+    for i in cut:
+        r = responses[i]
+        least = max(1, int(min_share * len(r)))
+        pieces = [run.tokenizer.decode([t]) for t in r]
+        n = (likeliest_stop(sentence_ends(pieces), stops[i], least) if close_at == "likeliest"
+             else last_sentence_end(pieces, least))
+        out[i] = list(r[:n]) + [run.eos_ids[0]] if n else None
     return out

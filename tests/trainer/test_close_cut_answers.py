@@ -1,4 +1,5 @@
-"""Closing a cut-off answer at its last full sentence (trainer/rejection.last_sentence_end)."""
+"""Closing a cut-off answer at a full sentence (trainer/rejection: sentence_ends, last_sentence_end,
+likeliest_stop) and the weight of the EOS that closes it (closing_weights)."""
 from trainer.rejection import last_sentence_end
 
 
@@ -30,3 +31,28 @@ def test_typical_answer_is_the_median_length_sample():
     from trainer.rejection import typical_answer
     assert typical_answer(["a b c", "a", "a b c d e", "a b"]) == "a b c"   # lengths 1,2,3,5 -> index 2
     assert typical_answer(["only one"]) == "only one"
+
+
+def test_sentence_ends_lists_every_end():
+    from trainer.rejection import sentence_ends
+    assert sentence_ends(["A", ".", " B", " c", "!", " D"]) == [2, 5]
+    assert sentence_ends(["no", " end"]) == []
+
+
+def test_likeliest_stop_picks_the_end_where_the_policy_leaned_to_stop():
+    from trainer.rejection import likeliest_stop
+    # log π(EOS | first n tokens) at n = 0..7; sentence ends after 2, 5 and 7 tokens
+    stop = [-9.0, -8.0, -3.0, -7.0, -7.0, -1.5, -6.0, -2.0]
+    assert likeliest_stop([2, 5, 7], stop) == 5
+    assert likeliest_stop([2, 7], stop) == 7
+    assert likeliest_stop([2, 5, 7], stop, min_tokens=6) == 7        # 5 keeps too little
+    assert likeliest_stop([2, 5, 8], stop, min_tokens=6) is None     # 8: no logit past the answer
+    assert likeliest_stop([2, 5], [-1.0, -1.0, -4.0, -1.0, -1.0, -4.0]) == 5   # a tie: the later one
+
+
+def test_closing_weights_scale_only_the_closing_eos():
+    import torch
+    from trainer.rejection import closing_weights
+    real = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    w = closing_weights([[5, 6, 0], [5, 6, 7, 0], [5, 0]], [True, False, True], 0.25, real)
+    assert w.tolist() == [[1.0, 1.0, 0.25, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.25, 0.0, 0.0]]
