@@ -58,7 +58,7 @@ def topic(prompt: str) -> str:
 
 def eval_prompts(prompts: dict) -> list[str]:
     trained = {topic(p) for p in prompts["train"]}
-    topics = sorted({topic(p) for p in prompts["heldout"]} - trained) + [t for t in EVERYDAY if t not in trained]
+    topics = sorted(({topic(p) for p in prompts["heldout"]} | set(EVERYDAY)) - trained)
     return [t.format(x) for x in topics for t in TEMPLATES]
 
 
@@ -108,10 +108,13 @@ def main() -> None:
         pairs = labelled_pairs(v0, train, args.preference)
         metrics = train_reward_model(pairs, [], v0, rm, RMConfig(kind="embedding", show_progress_bar=False, device="cpu"))
         result["rm"] = {"pairs": len(pairs), "seconds": round(time.time() - t), "heldout_accuracy": metrics.get("heldout_accuracy")}
-    base_file = work / "v0_greedy.json"
-    if not base_file.exists():
-        base_file.write_text(json.dumps(generate_finished(v0, [item(p) for p in evals], MAX_NEW, greedy=True)))
-    base = tuple(json.loads(base_file.read_text()))
+    base_file = work / "v0_greedy.json"      # v0's greedy answers, for the prompts they answer
+    cached = json.loads(base_file.read_text()) if base_file.exists() else {}
+    if not isinstance(cached, dict) or cached.get("prompts") != evals:
+        answers, done = generate_finished(v0, [item(p) for p in evals], MAX_NEW, greedy=True)
+        cached = {"prompts": evals, "answers": answers, "finished": done}
+        base_file.write_text(json.dumps(cached))
+    base = (cached["answers"], cached["finished"])
     result["v0"] = judge(v0, evals, base, args.preference)
     print("v0", result["v0"], flush=True)
     for spec in args.variant:

@@ -266,6 +266,10 @@ class RAFTConfig(PolicyConfig):
                                       # 0/33), but in the balanced demo (docs/demo/balanced-early-stop, one run)
                                       # greedy answers that no longer stopped looped instead ("a never-ending
                                       # journey, a never-ending journey"): v1 58% / 2 degenerate of 24 vs 81% / 1
+    early_stop_share: float = 1.0     # the early-stop term covers the first this share of each kept answer's tokens
+                                      # (1.0 = all but the last). A stop in the first part of an answer is the one that
+                                      # leaves a fragment ("The elephant."), while a stop at a later sentence end is
+                                      # what the closed answers teach, and suppressing that one too made answers loop
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples

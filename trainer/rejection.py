@@ -37,6 +37,7 @@ loops more under greedy decoding: the gate's most frequent refusal before this t
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -178,7 +179,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
             loss = prm.rpo_nll((token_logp.float() * weights).sum(1), real.sum(1))
             if config.early_stop_weight > 0:
                 loss = loss + config.early_stop_weight * prm.unlikelihood_loss(
-                    stop_logp, not_ended_mask(micro_r, run.eos_ids, real))
+                    stop_logp, not_ended_mask(micro_r, run.eos_ids, real, config.early_stop_share))
             (loss * len(micro) / len(batch)).backward()
             total += loss.item() * len(micro) / len(batch)
         stats = {"step": step, "nll": total}
@@ -213,11 +214,16 @@ def closing_weights(responses: Sequence[list[int]], closed: Sequence[bool], eos_
     return weights
 
 
-def not_ended_mask(responses: Sequence[list[int]], stop_ids: Sequence[int], real: torch.Tensor) -> torch.Tensor:
-    """(B, T) 1 where the answer did not end: a real token that is not an end-of-sequence id. There,
-    π(stop) should be ~0 (the writer went on); the early-stop unlikelihood pushes it down."""
+def not_ended_mask(responses: Sequence[list[int]], stop_ids: Sequence[int], real: torch.Tensor,
+                   share: float = 1.0) -> torch.Tensor:
+    """(B, T) 1 where the answer did not end: a real token that is not an end-of-sequence id, among
+    the first `share` of the answer's tokens (rounded up; 1.0 = all of them). There, π(stop) should be
+    ~0 (the writer went on); the early-stop unlikelihood pushes it down."""
     stops = set(stop_ids)
-    marks = [[0.0 if t in stops else 1.0 for t in r] + [0.0] * (real.shape[1] - len(r)) for r in responses]
+    marks = []
+    for r in responses:
+        span = math.ceil(share * len(r))
+        marks.append([0.0 if (t in stops or i >= span) else 1.0 for i, t in enumerate(r)] + [0.0] * (real.shape[1] - len(r)))
     return torch.tensor(marks, dtype=real.dtype, device=real.device) * real
 
 

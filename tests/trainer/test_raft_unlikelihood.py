@@ -70,3 +70,10 @@ def test_early_stop_unlikelihood_on_known_values_and_it_lowers_stopping_where_th
         prm.unlikelihood_loss(stop, not_ended_mask([answer], run.eos_ids, real)).backward()
         run.clip_and_step()
     assert early_stop() < before
+
+
+def test_not_ended_mask_can_cover_only_the_leading_share_of_each_answer():
+    real = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]])
+    # share 0.5: ceil(0.5 * 5) = 3 and ceil(0.5 * 3) = 2 leading tokens; the stop id 2 never counts
+    assert not_ended_mask([[5, 7, 8, 9, 2], [2, 7, 8]], [2], real, share=0.5).tolist() == [
+        [1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]]
