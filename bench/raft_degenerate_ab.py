@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -121,9 +122,16 @@ def main() -> None:
         name, _, overrides = spec.partition("=")
         out = work / f"cand-{name}"
         t = time.time()
-        metrics = train_policy("raft", PolicyJob(v0, v0, out, prompts=[item(p) for p in train], reward_model_dir=rm),
-                               make_config("raft", {**json.loads(overrides or "{}"), "show_progress_bar": False,
-                                                    "device": "cpu"}))
+        config = {**json.loads(overrides or "{}"), "show_progress_bar": False, "device": "cpu"}
+        stamp = out / "bench_config.json"       # a candidate trained with these overrides is judged again, not retrained
+        if stamp.exists() and json.loads(stamp.read_text()) == config:
+            metrics = json.loads((out / "bench_metrics.json").read_text())
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            metrics = train_policy("raft", PolicyJob(v0, v0, out, prompts=[item(p) for p in train], reward_model_dir=rm),
+                                   make_config("raft", config))
+            (out / "bench_metrics.json").write_text(json.dumps(metrics, default=str))
+            stamp.write_text(json.dumps(config))
         row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
                **{k: metrics.get(k) for k in ("kept", "kept_closed", "eos_fraction", "steps", "loop_check_kept_epoch",
                                               "loop_check_degenerate_last", "loop_check_degenerate_kept")},

@@ -270,6 +270,15 @@ class RAFTConfig(PolicyConfig):
                                       # (1.0 = all but the last). A stop in the first part of an answer is the one that
                                       # leaves a fragment ("The elephant."), while a stop at a later sentence end is
                                       # what the closed answers teach, and suppressing that one too made answers loop
+    opening_stop_weight: float = 0.0  # weight of an unlikelihood term on stopping within the opening (the first
+                                      # `opening_share` of tokens) of every answer the policy sampled this round, kept
+                                      # or not: none of them stopped there. Why: the early stops it learns happen after
+                                      # an opening fragment of its own style ("The elephant.", "Hugging Face:"), a
+                                      # context the kept answers rarely show, so early_stop_weight on them cannot reach
+                                      # it; the samples do. 0 = off
+    opening_share: float = 0.15       # the opening: this share of a sample's tokens (RAFT's "far too short" bar is
+                                      # 0.15 of the prompt's median sample)
+    opening_batch: int = 24           # sample openings in each step's term (cycled)
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples

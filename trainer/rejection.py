@@ -142,6 +142,11 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     loops = find_loops(run, messages, [(prompts[i], responses[i], texts[i]) for i in range(len(responses))
                                        if samples[i]], config) if config.unlikelihood_weight > 0 else []
     sample_stats.update(loops=len(loops), loop_tokens=sum(sum(mask) for _, _, mask in loops))
+    # 2b. the openings of all its samples, where it should not stop (opening_stop_weight): each cut to
+    # its leading `opening_share` of tokens, which is all the term looks at
+    openings = [(prompts[i], list(responses[i][:math.ceil(config.opening_share * len(responses[i]))]))
+                for i in range(len(responses)) if samples[i]] if config.opening_stop_weight > 0 else []
+    rng.shuffle(openings)
 
     # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included) and one pass over
     # the replayed answers of earlier rounds, plus the unlikelihood of the looping tokens
@@ -185,6 +190,8 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         stats = {"step": step, "nll": total}
         if loops:
             stats["unlikelihood"] = _unlikelihood_step(run, loops, step, config)
+        if openings:
+            stats["opening_stop"] = _opening_stop_step(run, openings, step, config)
         log_step("raft", {**stats, "grad_norm": run.clip_and_step()}, len(batches), history, bar, progress)
         if config.loop_check and step < len(batches) and batches[step][0] != epoch:
             snapshots.append({k: v.detach().clone() for k, v in run.actor.state_dict().items()})
@@ -319,6 +326,23 @@ def _unlikelihood_step(run: OnlineRun, loops: list, step: int, config: RAFTConfi
                              dtype=torch.float32, device=token_logp.device) * real
         loss = prm.unlikelihood_loss(token_logp.float(), marks)
         (config.unlikelihood_weight * loss * len(micro) / n).backward()
+        total += loss.item() * len(micro) / n
+    return total
+
+
+def _opening_stop_step(run: OnlineRun, openings: list, step: int, config: RAFTConfig) -> float:
+    """Backward of opening_stop_weight x the unlikelihood of stopping anywhere in this step's share of
+    the sample openings (cycled); returns it. Near zero while π(EOS) there is near zero (as in v0):
+    it acts where fine-tuning starts to make the policy stop after an opening fragment."""
+    n = min(config.opening_batch, len(openings))
+    chosen = [openings[(step * n + j) % len(openings)] for j in range(n)]
+    total = 0.0
+    for s in range(0, n, config.micro_batch_size):
+        micro = chosen[s:s + config.micro_batch_size]
+        with autocast(run.device):
+            _, real, stop_logp = run.token_and_stop_logprobs(run.actor, [p for p, _ in micro], [r for _, r in micro])
+        loss = prm.unlikelihood_loss(stop_logp, not_ended_mask([r for _, r in micro], run.eos_ids, real))
+        (config.opening_stop_weight * loss * len(micro) / n).backward()
         total += loss.item() * len(micro) / n
     return total
 
