@@ -242,15 +242,19 @@ class RAFTConfig(PolicyConfig):
                                       # looping gate answer each) and made rounds 2-3 slower (RAFT 306 s vs ~195 s,
                                       # demo 26.3 min vs 23.5). False = continue from the served version.
     anchor_replay_max: int = 128      # earlier rounds' kept answers trained on when starting from the anchor
-    unlikelihood_weight: float = 0.0  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
-                                      # policy's own looping answers (0 = off). Why it exists: a greedy answer
-                                      # that loops ("connected to a gear wheel, which is connected to a gear
-                                      # wheel") was the gate's most frequent refusal. Why off: measured at 1.0
-                                      # (balanced demo, round 1, 8 loops / 157 tokens unlearned) it dominated
-                                      # the clipped gradient (norm 3.2) and hurt: KL to v0 6.1 vs 2.0 without,
-                                      # the probe answer became "La femme, la femme, ...", RM gain +0.03 vs +0.41;
-                                      # at 0.15, 2/40 held-out greedy answers degenerate vs 0/40 at 0
-                                      # (bench/results/raft_unlikelihood_ab.txt)
+    unlikelihood_weight: float = 0.3  # weight of sequence-level unlikelihood (Welleck et al. 2019) on the
+                                      # policy's own looping answers (0 = off). Why: a greedy answer that loops
+                                      # ("connected to a gear wheel, which is connected to a gear wheel") was the
+                                      # gate's most frequent refusal. Measured at 1.0 (balanced demo, round 1,
+                                      # session 7) it dominated the clipped gradient (norm 3.2) and hurt: KL to v0
+                                      # 6.1 vs 2.0 without (bench/results/raft_unlikelihood_ab.txt). Why 0.3 with
+                                      # opening_stop_weight 2.0 (session 15, bench/raft_degenerate_ab.py: one round
+                                      # from v0, 136 unseen prompts, greedy): degenerate answers 3 (all "Hugging
+                                      # Face:") vs 5 at the old defaults (4 fragments, 1 loop; v0 itself: 5 loops),
+                                      # win vs v0 82% vs 85%, finished 86% vs 90%, KL 3.0 vs 3.9. Each alone: 0.3 ->
+                                      # 5 (fragments); opening stop alone -> 3 (loops of v0's own, "A creature of the
+                                      # night, a creature of the night"): stopping less after an opening fragment
+                                      # lets the answer run into a loop, and this term unlearns the loops
     early_stop_weight: float = 0.0    # weight of an unlikelihood term on stopping where a kept answer went on:
                                       # -log(1 - π(EOS)) at every token of it but the last. Why: a kept answer
                                       # closed after its last full sentence ends at an arbitrary sentence, so
@@ -269,13 +273,16 @@ class RAFTConfig(PolicyConfig):
     early_stop_share: float = 1.0     # the early-stop term covers the first this share of each kept answer's tokens
                                       # (1.0 = all but the last). A stop in the first part of an answer is the one that
                                       # leaves a fragment ("The elephant."), while a stop at a later sentence end is
-                                      # what the closed answers teach, and suppressing that one too made answers loop
-    opening_stop_weight: float = 0.0  # weight of an unlikelihood term on stopping within the opening (the first
+                                      # what the closed answers teach, and suppressing that one too made answers loop.
+                                      # Measured (136 unseen prompts, weight 2.0): share 0.5 -> 0 fragments, 3 loops,
+                                      # but finished 53% and win 70% (vs 90%, 85%); 0.15 -> 2 fragments (4 at 0)
+    opening_stop_weight: float = 2.0  # weight of an unlikelihood term on stopping within the opening (the first
                                       # `opening_share` of tokens) of every answer the policy sampled this round, kept
                                       # or not: none of them stopped there. Why: the early stops it learns happen after
                                       # an opening fragment of its own style ("The elephant.", "Hugging Face:"), a
                                       # context the kept answers rarely show, so early_stop_weight on them cannot reach
-                                      # it; the samples do. 0 = off
+                                      # it; the samples do. 0 = off. Measured with unlikelihood_weight (see there):
+                                      # at 2.0 or 5.0 alone, 0 fragments in 136 unseen prompts (4 at 0) but 3 loops
     opening_share: float = 0.15       # the opening: this share of a sample's tokens (RAFT's "far too short" bar is
                                       # 0.15 of the prompt's median sample)
     opening_batch: int = 24           # sample openings in each step's term (cycled)

@@ -44,12 +44,11 @@ def test_fewest_loops_keeps_the_healthiest_epoch_and_the_later_on_a_tie():
     assert fewest_loops({2: 1, 1: 3, 0: 1}) == 2    # none healthy: fewest, then the latest
 
 
-def _raft_at_lr_zero(tiny_model_dir, rm_dir, served, out, start_from_anchor: bool, early_stop_weight: float = 0.0):
+def _raft_at_lr_zero(tiny_model_dir, rm_dir, served, out, start_from_anchor: bool, **extra):
     """One RAFT run that cannot move its weights (lr 0): it publishes the weights it started from."""
     config = RAFTConfig(k=2, max_new_tokens=4, lr=0.0, epochs=1, loop_check=False, drop_degenerate=False,
                         require_eos=False, close_cut_answers=False, min_advantage=-100.0, top_p=1.0,
-                        show_progress_bar=False, device="cpu", start_from_anchor=start_from_anchor,
-                        early_stop_weight=early_stop_weight)
+                        show_progress_bar=False, device="cpu", start_from_anchor=start_from_anchor, **extra)
     job = PolicyJob(served, tiny_model_dir, out, prompts=[PromptItem([{"role": "user", "content": "hi"}])],
                     reward_model_dir=rm_dir)
     return run_raft(job, config)
@@ -75,8 +74,10 @@ def test_raft_samples_from_the_served_version_and_fine_tunes_the_anchor(tiny_mod
     assert result["started_from"] == "anchor" and result["replayed"] == 3
     assert all(torch.equal(out[k], anchor_state[k]) for k in anchor_state)
 
-    # (and the early-stop unlikelihood's loss path runs: at lr 0 it cannot move the weights either)
-    result = _raft_at_lr_zero(tiny_model_dir, trained_rm[0], served, tmp_path / "from-served", False, 1.0)
+    # (and the early-stop and opening-stop unlikelihoods' loss paths run: at lr 0 they cannot move the
+    # weights either)
+    result = _raft_at_lr_zero(tiny_model_dir, trained_rm[0], served, tmp_path / "from-served", False,
+                              early_stop_weight=1.0, opening_stop_weight=1.0)
     out = load_causal_lm(tmp_path / "from-served").state_dict()
     assert result["started_from"] == "served"
     assert all(torch.equal(out[k], served_state[k]) for k in served_state)

@@ -77,3 +77,26 @@ def test_not_ended_mask_can_cover_only_the_leading_share_of_each_answer():
     # share 0.5: ceil(0.5 * 5) = 3 and ceil(0.5 * 3) = 2 leading tokens; the stop id 2 never counts
     assert not_ended_mask([[5, 7, 8, 9, 2], [2, 7, 8]], [2], real, share=0.5).tolist() == [
         [1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]]
+
+
+def test_opening_stop_step_lowers_stopping_in_the_openings(tiny_model_dir, trained_rm, tmp_path):
+    from trainer.rejection import _opening_stop_step
+    torch.set_num_threads(2)
+    config = RAFTConfig(lr=1e-3, show_progress_bar=False, device="cpu", seed=0, opening_stop_weight=1.0, opening_batch=2)
+    job = PolicyJob(tiny_model_dir, tiny_model_dir, tmp_path / "out", prompts=[PromptItem([{"role": "user", "content": "hi"}])],
+                    reward_model_dir=trained_rm[0])
+    run = OnlineRun(job, config)
+    prompt = run.prompt_ids([{"role": "user", "content": "hi"}])
+    openings = [(prompt, run.tokenizer(t, add_special_tokens=False).input_ids) for t in ("one two", "three four five")]
+
+    def stop_mass() -> float:
+        with torch.no_grad():
+            _, real, stop = run.token_and_stop_logprobs(run.actor, [p for p, _ in openings], [r for _, r in openings])
+        return float((stop.exp() * real).sum())
+    before = stop_mass()
+    losses = []
+    for step in range(3):
+        losses.append(_opening_stop_step(run, openings, step, config))
+        run.clip_and_step()
+    assert all(x > 0 for x in losses)
+    assert stop_mass() < before
