@@ -312,39 +312,41 @@ def typical_answer(texts: list[str]) -> str:
     return sorted(texts, key=lambda t: len(words(t)))[len(texts) // 2]
 
 
+def _cycled_step(items: list, step: int, batch: int, micro_size: int, weight: float, loss_of) -> float:
+    """Backward of weight x the mean of `loss_of(micro)` over this step's share of `items` (cycled:
+    step s takes items s*n .. s*n+n-1 modulo their number); returns that mean."""
+    n = min(batch, len(items))
+    chosen = [items[(step * n + j) % len(items)] for j in range(n)]
+    total = 0.0
+    for s in range(0, n, micro_size):
+        micro = chosen[s:s + micro_size]
+        loss = loss_of(micro)
+        (weight * loss * len(micro) / n).backward()
+        total += loss.item() * len(micro) / n
+    return total
+
+
 def _unlikelihood_step(run: OnlineRun, loops: list, step: int, config: RAFTConfig) -> float:
     """Backward of weight x unlikelihood on this step's share of the loops (cycled); returns it."""
-    n = min(config.unlikelihood_batch, len(loops))
-    chosen = [loops[(step * n + j) % len(loops)] for j in range(n)]
-    total = 0.0
-    for s in range(0, n, config.micro_batch_size):
-        micro = chosen[s:s + config.micro_batch_size]
+    def loss_of(micro):
         with autocast(run.device):
             token_logp, real = run.token_logprobs(run.actor, [p for p, _, _ in micro], [r for _, r, _ in micro])
         width = token_logp.shape[1]
         marks = torch.tensor([mask + [False] * (width - len(mask)) for _, _, mask in micro],
                              dtype=torch.float32, device=token_logp.device) * real
-        loss = prm.unlikelihood_loss(token_logp.float(), marks)
-        (config.unlikelihood_weight * loss * len(micro) / n).backward()
-        total += loss.item() * len(micro) / n
-    return total
+        return prm.unlikelihood_loss(token_logp.float(), marks)
+    return _cycled_step(loops, step, config.unlikelihood_batch, config.micro_batch_size, config.unlikelihood_weight, loss_of)
 
 
 def _opening_stop_step(run: OnlineRun, openings: list, step: int, config: RAFTConfig) -> float:
     """Backward of opening_stop_weight x the unlikelihood of stopping anywhere in this step's share of
     the sample openings (cycled); returns it. Near zero while π(EOS) there is near zero (as in v0):
     it acts where fine-tuning starts to make the policy stop after an opening fragment."""
-    n = min(config.opening_batch, len(openings))
-    chosen = [openings[(step * n + j) % len(openings)] for j in range(n)]
-    total = 0.0
-    for s in range(0, n, config.micro_batch_size):
-        micro = chosen[s:s + config.micro_batch_size]
+    def loss_of(micro):
         with autocast(run.device):
             _, real, stop_logp = run.token_and_stop_logprobs(run.actor, [p for p, _ in micro], [r for _, r in micro])
-        loss = prm.unlikelihood_loss(stop_logp, not_ended_mask([r for _, r in micro], run.eos_ids, real))
-        (config.opening_stop_weight * loss * len(micro) / n).backward()
-        total += loss.item() * len(micro) / n
-    return total
+        return prm.unlikelihood_loss(stop_logp, not_ended_mask([r for _, r in micro], run.eos_ids, real))
+    return _cycled_step(openings, step, config.opening_batch, config.micro_batch_size, config.opening_stop_weight, loss_of)
 
 
 @torch.no_grad()
