@@ -134,7 +134,8 @@ def main() -> None:
             stamp.write_text(json.dumps(config))
         row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
                **{k: metrics.get(k) for k in ("kept", "kept_closed", "eos_fraction", "steps", "loop_check_kept_epoch",
-                                              "loop_check_degenerate_last", "loop_check_degenerate_kept")},
+                                              "loop_check_degenerate_last", "loop_check_degenerate_kept",
+                                              "repair")},
                **judge(out, evals, base, args.preference),
                "kl_to_v0": round(kl_between(out, v0, [item(p) for p in evals[:48]], max_new_tokens=MAX_NEW, n_samples=2), 3)}
         result["variants"][name] = row

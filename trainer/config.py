@@ -294,6 +294,12 @@ class RAFTConfig(PolicyConfig):
                                       # some answers are degenerate, keep the epoch-end weights with the fewest
                                       # (trainer/rejection.check_loops): a round that sharpened the policy into
                                       # loops gives back its last epoch rather than the whole round
+    repair_rounds: int = 0            # after the loop check, while some greedy answers to the round's prompts are
+                                      # still degenerate: rounds of unlikelihood on them (a fragment's stop token, a
+                                      # loop's repeated tokens) and a re-check; keeps the weights with the fewest
+                                      # (trainer/raft_repair.py). 0 = off
+    repair_steps: int = 3             # optimizer steps per repair round
+    repair_weight: float = 1.0        # weight of the repair's unlikelihood beside the kept answers' likelihood
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
 

@@ -27,6 +27,8 @@ Loops are checked before the policy leaves (`loop_check`): its greedy answers to
 (the decoding the gate and the report use), after the last epoch and, while some are degenerate, after
 the earlier ones; it keeps the epoch with the fewest. Fine-tuning sharpens a small model, and a sharper
 one loops more under greedy decoding; the round's own prompts show it before the gate's held-out ones.
+What the kept epoch still gets wrong there can be repaired (`repair_rounds`, trainer/raft_repair.py):
+unlikelihood on those answers' own stop token or repeated tokens, then a re-check.
 
 Loops can also be unlearned (`unlikelihood_weight`, off): the policy's own answers that repeat themselves — among
 the samples and its greedy answers to the round's prompts, the decoding the gate and the report
@@ -41,14 +43,13 @@ import math
 import random
 import re
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from common.degeneracy import degenerate_reasons, is_looping, repeated_ngram_share, words
+from common.degeneracy import degenerate_reasons, repeated_ngram_share, words
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
@@ -56,6 +57,7 @@ from trainer.device import autocast
 from trainer.modeling import load_causal_lm
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob, Progress, log_step
+from trainer.raft_repair import degenerate_greedy_answers, greedy_answers, repair_degenerate
 
 KEPT_FILE = "raft_kept.jsonl"   # in a RAFT version's folder: the answers it (and its ancestors) learned
 _SENTENCE_END = re.compile(r"[^\d\s][.!?][\"')\]]*$")     # "...word." but not a list number "2."
@@ -203,6 +205,11 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
                             loop_check_degenerate_last=counts[str(check["of_epochs"])],
                             loop_check_degenerate_kept=counts[str(check["kept_epoch"])],
                             loop_check_seconds=check["seconds"])
+    if config.repair_rounds and (not config.loop_check or sample_stats["loop_check_degenerate_kept"]):
+        repair = repair_degenerate(run, messages, usual, [(prompts[r], responses[r]) for r in rows], config, rng)
+        sample_stats.update(repair=repair, repair_degenerate_before=repair["degenerate"][0],
+                            repair_degenerate_after=repair["degenerate"][repair["kept_round"]],
+                            repair_seconds=repair["seconds"])
     taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),
                "prompt": user_text(messages[r // m]), "answer": texts[r], "closed": bool(made[r])} for r in rows]
     keep = (taught + earlier)[: config.replay_keep]
@@ -284,12 +291,8 @@ def check_loops(run: OnlineRun, messages: list[list[dict]], usual: list[str], sn
 
 
 def _degenerate_greedy(run: OnlineRun, messages: list[list[dict]], usual: list[str], config: RAFTConfig) -> list[str]:
-    """The policy's greedy answers to `messages` that are degenerate by the gate's definition (against
-    the prompt's typical sample); without `drop_degenerate` (text that is not language) only loops."""
-    texts = [t for _, _, t in greedy_answers(run, messages)]
-    if not config.drop_degenerate:
-        return [t for t in texts if is_looping(t)]
-    return [t for t, msg, u in zip(texts, messages, usual) if degenerate_reasons(t, user_text(msg), anchor_answer=u)]
+    """The texts of the policy's degenerate greedy answers to `messages` (raft_repair's definition)."""
+    return [text for _, _, text, _ in degenerate_greedy_answers(run, messages, usual, config)]
 
 
 def read_kept(folder: str | Path) -> list[dict]:
@@ -347,16 +350,6 @@ def _opening_stop_step(run: OnlineRun, openings: list, step: int, config: RAFTCo
             _, real, stop_logp = run.token_and_stop_logprobs(run.actor, [p for p, _ in micro], [r for _, r in micro])
         return prm.unlikelihood_loss(stop_logp, not_ended_mask([r for _, r in micro], run.eos_ids, real))
     return _cycled_step(openings, step, config.opening_batch, config.micro_batch_size, config.opening_stop_weight, loss_of)
-
-
-@torch.no_grad()
-def greedy_answers(run: OnlineRun, messages: list[list[dict]]) -> list[tuple[list[int], list[int], str]]:
-    """(prompt ids, response ids, text) of the policy's greedy answers: the decoding the gate and the
-    report use."""
-    p_ids = [run.prompt_ids(msg) for msg in messages]
-    with autocast(run.device):
-        answers = run.generator.generate(p_ids, replace(run.sampling, greedy=True))
-    return list(zip(p_ids, answers, run.tokenizer.batch_decode(answers, skip_special_tokens=True)))
 
 
 @torch.no_grad()
