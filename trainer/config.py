@@ -191,6 +191,12 @@ class RAFTConfig(PolicyConfig):
                                       # Measured (formal_expert demo, session 12, one run each): top_p 1.0 -> v1-v3
                                       # all refused for a looping gate answer (served v0); 0.9 -> v1 passed (75%
                                       # win, 0 degenerate), v2-v3 refused
+    sample_temperature: Optional[float] = 0.7   # temperature of the k candidates only (None = `temperature`, which
+                                      # every log-prob, training included, keeps): below 1 the tail openers the kept
+                                      # answers carry ("Hugging Face: The age-old debate", "Hurry, little one!") get
+                                      # rarer, and the greedy policy copies them onto unseen prompts less. Measured
+                                      # (bench/raft_degenerate_ab.py, one round, 136 unseen prompts): 1.0 -> 3
+                                      # degenerate greedy answers ("Hugging Face:"), win 82%; 0.7 -> 1 (a loop), win 85%
     require_eos: bool = True          # keep only answers that ended by themselves: a cut-off sample is no
                                       # complete answer, and imitating it teaches the policy not to stop
                                       # (measured: trained on 80% cut-off targets, the probe answer ran on

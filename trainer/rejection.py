@@ -43,6 +43,7 @@ import math
 import random
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -100,6 +101,8 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         raise ValueError("raft needs k >= 2 answers per prompt to rank")
     run = OnlineRun(job, config)
     run.generator.batch_size = config.generation_batch_size
+    # the k candidates are drawn at sample_temperature; every log-prob (training included) stays at temperature
+    run.sampling = replace(run.sampling, temperature=config.sample_temperature or config.temperature)
     messages = [prompt_messages(p) for p in job.prompts]
     rng = random.Random(config.seed)
     if config.max_prompts and len(messages) > config.max_prompts:
