@@ -33,10 +33,12 @@ CONFIGS = {
     # them the digits cost more KL: 12.06 > 12 at run 3; test_raft_unlikelihood.py tests both).
     # top_p 1.0 (RAFT's default is 0.9, which cuts a language model's glitch-token tail): a random
     # model's digits are rare tokens *in* that tail, so nucleus sampling would hide the very answers
-    # this synthetic taste rewards (measured: digits 0.8 -> 1.2 in three runs at 0.9)
+    # this synthetic taste rewards (measured: digits 0.8 -> 1.2 in three runs at 0.9); for the same
+    # reason its candidates are sampled at temperature 1, not 0.7 (session 16: at 0.7 the sharper
+    # best-of-k of digits costs KL 13.17 > 12 at run 3)
     "raft": RAFTConfig(k=8, max_prompts=64, epochs=3, batch_size=16, micro_batch_size=16, lr=2e-3,
                        min_advantage=0.0, drop_degenerate=False, require_eos=False, loop_check=False,
-                       unlikelihood_weight=0.0, opening_stop_weight=0.0,
+                       unlikelihood_weight=0.0, opening_stop_weight=0.0, sample_temperature=None,
                        **{**COMMON, "top_p": 1.0}),
     "dpo": DPOConfig(lr=5e-4, beta=0.1, epochs=2, batch_size=16, micro_batch_size=16, **COMMON),
     "kto": KTOConfig(lr=1e-3, beta=0.1, epochs=3, batch_size=16, micro_batch_size=16, use_pairs=False,
