@@ -303,7 +303,9 @@ class RAFTConfig(PolicyConfig):
     repair_rounds: int = 0            # after the loop check, while some greedy answers to the round's prompts are
                                       # still degenerate: rounds of unlikelihood on them (a fragment's stop token, a
                                       # loop's repeated tokens) and a re-check; keeps the weights with the fewest
-                                      # (trainer/raft_repair.py). 0 = off
+                                      # (trainer/raft_repair.py). 0 = off. Measured (session 16, bench one round,
+                                      # 136 unseen prompts): 3 rounds cleared the round's prompts (1 -> 2 -> 0) but
+                                      # left 3 unseen degenerate answers as before, finished 62% vs 86%, win 73% vs 82%
     repair_steps: int = 3             # optimizer steps per repair round
     repair_weight: float = 1.0        # weight of the repair's unlikelihood beside the kept answers' likelihood
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
