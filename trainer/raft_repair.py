@@ -100,19 +100,23 @@ def repair_degenerate(run: OnlineRun, messages: list[list[dict]], usual: list[st
             "seconds": round(time.time() - started, 1)}
 
 
+def marked_unlikelihood(run: OnlineRun, micro: list) -> torch.Tensor:
+    """Unlikelihood of the marked tokens of (prompt ids, response ids, marks) items, on the actor."""
+    with autocast(run.device):
+        token_logp, real = run.token_logprobs(run.actor, [p for p, _, _ in micro], [r for _, r, _ in micro])
+    width = token_logp.shape[1]
+    marks = torch.tensor([m + [False] * (width - len(m)) for _, _, m in micro],
+                         dtype=torch.float32, device=token_logp.device) * real
+    return prm.unlikelihood_loss(token_logp.float(), marks)
+
+
 def _repair_step(run: OnlineRun, targets: list, kept: list, config) -> None:
     """One optimizer step: repair_weight x unlikelihood of the marked tokens of `targets` plus the
     per-token likelihood of the `kept` answers, each averaged over its micro-batches."""
     size = config.micro_batch_size
     for s in range(0, len(targets), size):     # (no targets: the likelihood alone, as the tests use it)
         micro = targets[s:s + size]
-        with autocast(run.device):
-            token_logp, real = run.token_logprobs(run.actor, [p for p, _, _ in micro], [r for _, r, _ in micro])
-        width = token_logp.shape[1]
-        marks = torch.tensor([m + [False] * (width - len(m)) for _, _, m in micro],
-                             dtype=torch.float32, device=token_logp.device) * real
-        loss = prm.unlikelihood_loss(token_logp.float(), marks)
-        (config.repair_weight * loss * len(micro) / len(targets)).backward()
+        (config.repair_weight * marked_unlikelihood(run, micro) * len(micro) / len(targets)).backward()
     for s in range(0, len(kept), size):
         micro = kept[s:s + size]
         with autocast(run.device):

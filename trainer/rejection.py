@@ -58,7 +58,7 @@ from trainer.device import autocast
 from trainer.modeling import load_causal_lm
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob, Progress, log_step
-from trainer.raft_repair import degenerate_greedy_answers, greedy_answers, repair_degenerate
+from trainer.raft_repair import degenerate_greedy_answers, greedy_answers, marked_unlikelihood, repair_degenerate
 
 KEPT_FILE = "raft_kept.jsonl"   # in a RAFT version's folder: the answers it (and its ancestors) learned
 _SENTENCE_END = re.compile(r"[^\d\s][.!?][\"')\]]*$")     # "...word." but not a list number "2."
@@ -334,14 +334,8 @@ def _cycled_step(items: list, step: int, batch: int, micro_size: int, weight: fl
 
 def _unlikelihood_step(run: OnlineRun, loops: list, step: int, config: RAFTConfig) -> float:
     """Backward of weight x unlikelihood on this step's share of the loops (cycled); returns it."""
-    def loss_of(micro):
-        with autocast(run.device):
-            token_logp, real = run.token_logprobs(run.actor, [p for p, _, _ in micro], [r for _, r, _ in micro])
-        width = token_logp.shape[1]
-        marks = torch.tensor([mask + [False] * (width - len(mask)) for _, _, mask in micro],
-                             dtype=torch.float32, device=token_logp.device) * real
-        return prm.unlikelihood_loss(token_logp.float(), marks)
-    return _cycled_step(loops, step, config.unlikelihood_batch, config.micro_batch_size, config.unlikelihood_weight, loss_of)
+    return _cycled_step(loops, step, config.unlikelihood_batch, config.micro_batch_size, config.unlikelihood_weight,
+                        lambda micro: marked_unlikelihood(run, micro))
 
 
 def _opening_stop_step(run: OnlineRun, openings: list, step: int, config: RAFTConfig) -> float:
