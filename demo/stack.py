@@ -110,16 +110,47 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def group_running(pgid: int) -> list[int]:
+    """The pids of process group `pgid` that still run (a zombie, exited but not yet reaped,
+    does not count)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(d.name)) != pgid:
+                continue
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, OSError, IndexError):
+            continue
+        if state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+def _wait_group_gone(pgid: int, until: float) -> bool:
+    while group_running(pgid):
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the process's group, wait up to `grace_s`, then SIGKILL whatever is left of
-    the group (children outlive a leader that already exited)."""
+    """SIGTERM the process's group, wait up to `grace_s` for the leader *and* the rest of its
+    group (children outlive a leader that exits first), SIGKILL whatever is left, and return
+    only once nothing of the group runs any more: a caller that checks for orphans right after
+    must not see a SIGKILLed worker that the kernel has not finished yet."""
+    deadline = time.monotonic() + grace_s
     signal_group(proc, signal.SIGTERM)
     try:
         proc.wait(grace_s)
     except subprocess.TimeoutExpired:
         pass
-    signal_group(proc, signal.SIGKILL)
+    if not _wait_group_gone(proc.pid, deadline):
+        signal_group(proc, signal.SIGKILL)
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:
         pass
+    _wait_group_gone(proc.pid, time.monotonic() + 5)
