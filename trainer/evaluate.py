@@ -166,9 +166,18 @@ def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: 
                                    pairs: Sequence, max_answer_tokens: int = 128,
                                    records: dict[str, Path] | None = None) -> dict[str, float]:
     """For each policy, the share of held-out human pairs whose log-prob margin over the anchor
-    favours the chosen answer (DPO's implicit reward): does the policy agree with people?
+    favours the chosen answer (DPO's implicit reward): does the policy agree with people?"""
+    agreements = implicit_preference_agreements(policies, anchor_dir, pairs, max_answer_tokens, records)
+    return {name: sum(a) / len(a) for name, a in agreements.items()}
+
+
+def implicit_preference_agreements(policies: dict[str, str | Path], anchor_dir: str | Path,
+                                   pairs: Sequence, max_answer_tokens: int = 128,
+                                   records: dict[str, Path] | None = None) -> dict[str, list[float]]:
+    """For each policy, per held-out human pair: 1 / 0.5 / 0 as its log-prob margin over the
+    anchor favours the chosen answer / neither / the rejected one (`implicit_preference_agreement`).
     `records`: folder (as str) -> file where its log-probs are recorded (`recorded_logprobs`)."""
-    from trainer.preference_math import implicit_preference_accuracy
+    from trainer.preference_math import implicit_preference_agreement
     if not pairs:
         return {}
     records = records or {}
@@ -189,5 +198,5 @@ def implicit_preference_accuracies(policies: dict[str, str | Path], anchor_dir: 
     out = {}
     for name, folder in policies.items():
         mine = ref if Path(folder) == Path(anchor_dir) else margins(folder)   # round 1: served is the anchor
-        out[name] = implicit_preference_accuracy(*mine, *ref)
+        out[name] = implicit_preference_agreement(*mine, *ref).tolist()
     return out

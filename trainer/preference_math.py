@@ -74,17 +74,22 @@ def rpo_nll(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor,
     return nll.mean() if weight is None else (nll * weight).sum() / weight.sum().clamp(min=1e-8)
 
 
+def implicit_preference_agreement(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                                  ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 if the policy's log-prob margin over the reference favours the chosen answer
+    (DPO's implicit reward model agrees with the person), 0 if it favours the rejected one, and
+    0.5 for a zero margin (no opinion: the reference itself has margin 0 on every pair, so the
+    anchor agrees like a coin). Per pair, so two policies can be compared pair by pair."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
 def implicit_preference_accuracy(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
                                  ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> float:
-    """Share of pairs whose log-prob margin over the reference favours the chosen answer (DPO's
-    implicit reward model): a policy-level check on human pairs that needs no reward model. A zero
-    margin (no opinion: the reference itself has margin 0 on every pair) counts half, so the
-    anchor scores 0.5, not 0, and a candidate compared with an anchor-served version must agree
-    with people at least as often as a coin."""
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    if not margin.numel():
-        return float("nan")
-    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+    """Share of pairs the policy agrees with (`implicit_preference_agreement`): a policy-level
+    check on human pairs that needs no reward model; the anchor scores 0.5."""
+    agree = implicit_preference_agreement(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return agree.mean().item() if agree.numel() else float("nan")
 
 
 # ---------------------------------------------------------------- KTO

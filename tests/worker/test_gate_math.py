@@ -5,7 +5,8 @@ import random
 import pytest
 
 from trainer.data import PromptItem
-from worker.gate import gate_prompt_set, load_gate_prompts, paired_bootstrap_lower_bound
+from worker.gate import (agreement_drop_upper_bound, gate_prompt_set, load_gate_prompts,
+                         paired_bootstrap_lower_bound)
 
 
 def test_constant_diffs_bound_is_the_constant():
@@ -31,6 +32,26 @@ def test_positive_mean_can_still_fail_the_bound():
     diffs = [2.0, -1.0, -1.0, 0.5]            # mean +0.125, but too noisy to trust
     assert sum(diffs) / 4 > 0 and paired_bootstrap_lower_bound(diffs) < 0
     assert math.isnan(paired_bootstrap_lower_bound([]))
+
+
+def test_agreement_drop_bound_refuses_a_real_drop_not_noise():
+    served = [1.0, 0.0] * 11                       # 22 pairs, served agrees on 11 (0.50)
+    # 0.41 vs 0.50 (session 16's refusal): the candidate loses 5 of the served version's pairs
+    # and gains 3 others; a 95% bound cannot call that a drop
+    noisy = list(served)
+    for i in (0, 2, 4, 6, 8):
+        noisy[i] = 0.0
+    for i in (1, 3, 5):
+        noisy[i] = 1.0
+    assert sum(noisy) == 9 and agreement_drop_upper_bound(noisy, served) > 0
+    # losing 2 pairs and gaining none is not proof either (bound 0, and 0 is not below -0)
+    assert agreement_drop_upper_bound([0.0, 0.0] + served[2:], served) == 0.0
+    # it gives up every pair the served version agreed with, gaining none: a drop beyond noise
+    worse = [0.0] * 22
+    assert agreement_drop_upper_bound(worse, served) < -0.3
+    assert agreement_drop_upper_bound(served, served) == 0.0   # identical agreement: no drop
+    # round 1 (served = anchor, 0.5 on every pair): a coin-like candidate is not a drop
+    assert agreement_drop_upper_bound([1.0, 0.0] * 11, [0.5] * 22) > 0
 
 
 def test_gate_prompt_set_file_and_order(tmp_path):
