@@ -30,6 +30,13 @@ unlikelihood (`early_stop_weight` 2.0): 0/33 degenerate, judge mean +0.53, bound
 answers 79% vs 21%, KL 2.46 — refused on implicit preference alone (0.40 vs 0.50 on 20 held-out
 pairs, 8 of 20; the check allows 0.45). (5.5 min.) That term is off by default: in the balanced
 demo the greedy answers it kept from stopping looped instead (RAFTConfig.early_stop_weight).
+Session 17, RAFT candidates sampled at 0.7 and the implicit-preference check paired (95% upper bound
+of the per-pair difference must not be below 0): that check and the judge pass now (0.45 vs 0.50 on
+20 pairs, upper bound +0.15; judge mean +0.51, bound +0.002; finished answers 88% vs 21%, KL 2.84),
+and the gate refuses on degeneracy alone: 2/33 greedy answers loop, the probe "What is the capital
+of France?" -> "L'Étoile, la Marseillaise, la femme, la femme, ..." and "The thunderstorms. They're a
+never-ending cycle, a never-ending cycle. ..." (the RAFT loop check, on the 30 training prompts, kept
+epoch 2 with 1 loop of its own). (8 min.)
 """
 import json
 import os
