@@ -112,7 +112,13 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def group_running(pgid: int) -> list[int]:
     """The pids of process group `pgid` that still run (a zombie, exited but not yet reaped,
-    does not count)."""
+    does not count). Without /proc (not Linux): [pgid] while anything of the group exists."""
+    if not Path("/proc").is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
