@@ -10,8 +10,8 @@ An answer is degenerate when (each clause is a reason string; [] = healthy):
   (n = `ngram`) make up more than `max_repeated_ngram_share` of all its n-grams
   ("la femme au roi, la femme au roi, la femme au roi");
 - off the prompt: it shares no content word with the prompt *and* none with the anchor's answer
-  (content word = 4+ letters, not a stop word, compared on their first 5 letters, so "glacier" and
-  "glaciers" match). The anchor's answer stands in for the topic's vocabulary: "Paris" answers
+  (content word = 4+ letters, not a stop word, compared by `stem`: a plural ending dropped, then
+  the first 5 letters, so "glacier" and "glaciers", "kite" and "kites" match). The anchor's answer stands in for the topic's vocabulary: "Paris" answers
   "What is the capital of France?" without repeating a word of it, but the anchor says "Paris" too.
   Only answers of 3+ words are judged on relevance (shorter ones fall to the length clause).
 """
@@ -35,9 +35,22 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text or "")
 
 
+def stem(word: str) -> str:
+    """A cheap stemmer: lower-cased, a plural ending dropped ("stories" -> "story", "kites" ->
+    "kite"; not "ss"), then the first 5 letters (tense endings drop: "learning" -> "learn"). The
+    plural step matters for short words: cut to 5 letters alone, "kites" and "kite" differed, and
+    "The kite is a marvel of aerodynamics..." was judged off the prompt "... about kites."."""
+    w = word.lower()
+    if len(w) > 4 and w.endswith("ies"):
+        w = w[:-3] + "y"
+    elif len(w) > 4 and w.endswith("s") and not w.endswith("ss"):
+        w = w[:-1]
+    return w[:5]
+
+
 def content_stems(text: str) -> set[str]:
-    """Lower-cased content words cut to 5 letters (a cheap stemmer: plural/tense endings drop)."""
-    return {w.lower()[:5] for w in words(text) if len(w) >= 4 and w.lower() not in STOP_WORDS}
+    """The stems (`stem`) of the content words: 4+ letters, not a stop word."""
+    return {stem(w) for w in words(text) if len(w) >= 4 and w.lower() not in STOP_WORDS}
 
 
 def repeated_ngram_share(tokens: list[str], n: int) -> float:

@@ -40,3 +40,14 @@ def test_off_prompt():
     assert reasons == ["does not address the prompt (no content word shared with it or the anchor's answer)"]
     assert content_stems("Glaciers glacier LEARNING about") == {"glaci", "learn"}
 
+
+def test_plurals_of_short_words_match():
+    # session 17: cut to 5 letters alone, "kites" != "kite", and this on-topic answer was judged
+    # off the prompt (with no anchor answer to share a word with)
+    kites = "Tell me something interesting about kites."
+    assert degenerate_reasons("The kite is a marvel of aerodynamics that has captivated people.", kites) == []
+    assert content_stems("kites stories classes tides") == {"kite", "story", "class", "tide"}
+    assert content_stems("kite story class tide") == {"kite", "story", "class", "tide"}
+    # still off the prompt when no word is shared
+    assert degenerate_reasons("Bananas grow on tall green plants everywhere.", kites) != []
+
