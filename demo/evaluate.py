@@ -20,9 +20,10 @@ MAX_DEGENERATE_EXAMPLES = 3
 
 def evaluate_versions(registry: ModelRegistry, prompts: list[str], max_new_tokens: int,
                       on_version=None, preference: str | None = None,
-                      reward_models: ModelRegistry | None = None) -> list[dict]:
+                      reward_models: ModelRegistry | None = None, with_kl: bool = True) -> list[dict]:
     """One row per published version. `preference`: the name in demo.personas.PREFERENCES
-    (default: the default preference); `reward_models`: the RM registry, for the RM columns."""
+    (default: the default preference); `reward_models`: the RM registry, for the RM columns;
+    `with_kl` False: no KL to v0 (None), for a re-score that only changes the scorer."""
     from transformers import AutoTokenizer
 
     from trainer.data import PromptItem
@@ -44,7 +45,7 @@ def evaluate_versions(registry: ModelRegistry, prompts: list[str], max_new_token
         scores = scored.pop("scores")
         if base_answers is None:
             base_answers, base_scores = answers, scores
-        kl = 0.0 if v == versions[0] else kl_between(path, base, items, max_new_tokens=max_new_tokens, n_samples=2)
+        kl = None if not with_kl else 0.0 if v == versions[0] else kl_between(path, base, items, max_new_tokens=max_new_tokens, n_samples=2)
         rows.append({"version": v, **scored, "kl_to_v0": kl,
                      **metadata_columns(registry.metadata(v), reward_models),
                      "examples": [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:3]]})

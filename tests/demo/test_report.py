@@ -133,3 +133,7 @@ def test_evaluate_versions_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir
     assert rows[0]["degenerate_count"] == evaluate.degenerate_summary(PROMPTS[:2], answers[0])[0]
     assert rows[1]["rm_length_correlation"] is None and rows[1]["algorithm"] == "ppo"
     json.dumps(rows)  # versions.json must be able to hold every row
+    # a re-score (bench/rescore_demo.py) skips KL and gives the same scores
+    quick = evaluate.evaluate_versions(pol, PROMPTS[:2], 8, with_kl=False)
+    assert [r["kl_to_v0"] for r in quick] == [None, None]
+    assert [r["win_rate_vs_v0"] for r in quick] == [r["win_rate_vs_v0"] for r in rows]
