@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 
+from demo.stack import group_pids  # noqa: E402,F401  (the benches watch a server's process group)
+
 
 def machine_facts() -> dict:
     def ver(pkg):
@@ -93,19 +95,6 @@ def cpu_seconds_by_process(pids: list[int]) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         out[f"{pid}:{name}"] = (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def group_pids(pgid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
-                    pids.append(int(d.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
 
 
 def percentile(values: list[float], p: float) -> float:

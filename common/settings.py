@@ -198,9 +198,8 @@ class Settings(BaseSettings):
     gate_max_pref_drop: float = 0.0
     """Refuse a candidate whose implicit preference accuracy on held-out human pairs (log-prob
     margin over the anchor, DPO-style) is below the served version's: when the paired-bootstrap
-    95% upper bound of (candidate - served) agreement per pair is below -this. Paired and bounded
-    like the reward gain because the held-out pairs are few (13-30 in a demo round): a point
-    comparison with a 0.05 tolerance refused candidates at random (0.41 vs 0.50 on 22 pairs)."""
+    95% upper bound of (candidate - served) agreement per pair is below -this (why paired:
+    worker.gate.agreement_drop_upper_bound)."""
     gate_min_pref_pairs: int = 10
     """The implicit-preference check runs only with at least this many held-out pairs."""
     gate_eval_prompts: int = 16

@@ -110,9 +110,9 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def group_running(pgid: int) -> list[int]:
-    """The pids of process group `pgid` that still run (a zombie, exited but not yet reaped,
-    does not count). Without /proc (not Linux): [pgid] while anything of the group exists."""
+def group_pids(pgid: int) -> list[int]:
+    """The running pids of process group `pgid`, from /proc (a zombie, exited but not yet reaped,
+    does not run). Without /proc (not Linux): [pgid] while anything of the group exists."""
     if not Path("/proc").is_dir():
         try:
             os.killpg(pgid, 0)
@@ -124,18 +124,18 @@ def group_running(pgid: int) -> list[int]:
         if not d.name.isdigit():
             continue
         try:
-            if os.getpgid(int(d.name)) != pgid:
-                continue
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (ProcessLookupError, OSError, IndexError):
+            stat = (d / "stat").read_text()
+            state, _ppid, group = stat[stat.rindex(")") + 2:].split()[:3]
+        except (OSError, ValueError):
             continue
-        if state != "Z":
+        if int(group) == pgid and state != "Z":
             pids.append(int(d.name))
     return pids
 
 
-def _wait_group_gone(pgid: int, until: float) -> bool:
-    while group_running(pgid):
+def _wait_group_gone(proc: subprocess.Popen, until: float) -> bool:
+    """Poll until nothing of `proc`'s group runs (reaping the leader on the way), or `until`."""
+    while proc.poll() is None or group_pids(proc.pid):
         if time.monotonic() >= until:
             return False
         time.sleep(0.05)
@@ -147,16 +147,7 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
     group (children outlive a leader that exits first), SIGKILL whatever is left, and return
     only once nothing of the group runs any more: a caller that checks for orphans right after
     must not see a SIGKILLed worker that the kernel has not finished yet."""
-    deadline = time.monotonic() + grace_s
     signal_group(proc, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    if not _wait_group_gone(proc.pid, deadline):
+    if not _wait_group_gone(proc, time.monotonic() + grace_s):
         signal_group(proc, signal.SIGKILL)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-    _wait_group_gone(proc.pid, time.monotonic() + 5)
+        _wait_group_gone(proc, time.monotonic() + 5)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from demo.stack import group_running, stop_process_group
+from demo.stack import group_pids, stop_process_group
 
 # the leader exits at once on SIGTERM; its child ignores SIGTERM for a while, then exits
 LEADER = """
@@ -18,21 +18,21 @@ time.sleep(60)
 def _start(child_s: float) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", LEADER % child_s], start_new_session=True)
     deadline = time.monotonic() + 10
-    while len(group_running(proc.pid)) < 2 and time.monotonic() < deadline:
+    while len(group_pids(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(group_running(proc.pid)) == 2
+    assert len(group_pids(proc.pid)) == 2
     return proc
 
 
 def test_a_child_that_outlives_its_leader_is_waited_for_within_the_grace():
     proc = _start(child_s=0.5)   # exits by itself, 0.5 s into its life: inside the grace
     stop_process_group(proc, grace_s=10)
-    assert group_running(proc.pid) == [] and proc.returncode is not None
+    assert group_pids(proc.pid) == [] and proc.returncode is not None
 
 
 def test_a_child_that_ignores_sigterm_is_killed_and_gone_on_return():
     proc = _start(child_s=60)
     t0 = time.monotonic()
     stop_process_group(proc, grace_s=0.5)
-    assert group_running(proc.pid) == []
+    assert group_pids(proc.pid) == []
     assert time.monotonic() - t0 < 8   # grace, then SIGKILL, not the child's 60 s

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +25,7 @@ from serving.answer_store import AnswerStore, ServedAnswer
 from serving.app_setup import redis_client
 from serving.ingest_app import create_ingest_app
 from serving.metrics import Metrics
+from demo.stack import group_pids
 from tests.helpers.server import REPO, free_port, running_ingest
 from tests.serving.trust_harness import emptied_db_url, r  # noqa: F401  (r: a fixture)
 
@@ -275,28 +275,6 @@ def test_ingest_refuses_a_public_address_without_api_keys(tmp_path):
     assert proc.returncode == 2 and "refusing to listen on '0.0.0.0'" in proc.stderr
 
 
-def _group(pgid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getpgid(int(d.name)) == pgid:
-                    pids.append(int(d.name))
-            except ProcessLookupError:
-                pass
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its parent) is not running
-    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
-    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_rlhf_ingest_with_two_workers_records_feedback_and_leaves_no_orphans(db_url, r,
                                                                             tmp_path):
     s = settings_for(db_url, tmp_path)
@@ -306,7 +284,7 @@ def test_rlhf_ingest_with_two_workers_records_feedback_and_leaves_no_orphans(db_
                RLHF_USER_HMAC_KEY=HMAC, RLHF_RATE_LIMIT_FEEDBACK_KEY="",
                RLHF_RATE_LIMIT_FEEDBACK_RATER="")
     with running_ingest(env, workers=2, log_dir=tmp_path) as srv:
-        group = _group(srv.proc.pid)
+        group = group_pids(srv.proc.pid)
         assert len(group) >= 3, srv.log_tail()  # the supervisor and its two workers
         pids, codes = set(), []
         for i in range(8):  # a new connection each: the workers share the listening socket
@@ -328,8 +306,7 @@ def test_rlhf_ingest_with_two_workers_records_feedback_and_leaves_no_orphans(db_
     assert forged.status_code == 401 and unknown.status_code == 404
     # 4 distinct idempotency keys: 4 thumbs, each once, then the comparison
     assert [ev.kind for ev in stream(r)] == ["thumb"] * 4 + ["comparison"]
-    assert not [p for p in group + _group(srv.proc.pid) if _alive(p)], \
-        "rlhf ingest left processes behind"
+    assert not group_pids(srv.proc.pid), "rlhf ingest left processes behind"  # zombies excepted
     assert srv.proc.returncode in (0, -signal.SIGTERM)  # stopped, not killed
 
 
