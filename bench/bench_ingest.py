@@ -7,7 +7,8 @@ Starts a private redis-server (AOF on, appendfsync everysec) and a real ``rlhf s
 tiny model, creates answers, then drives POST /v1/feedback (one event per request) and
 POST /v1/feedback/batch (``--batch`` events per request) with a raw keep-alive HTTP client in
 a separate process. Writes bench/results/ingest.json. ``--group-commit 1,128`` measures the
-ingest processes without and with shared Redis round trips (RLHF_REDIS_GROUP_COMMIT) in one run.
+ingest processes without and with shared Redis round trips (RLHF_REDIS_GROUP_COMMIT) in one run;
+``--direct-routes 0,1`` the feedback POSTs through FastAPI and on serving/direct_routes.py's path.
 
 ``--ingest-workers N`` (N > 0) also starts ``rlhf ingest --workers N`` on another port against
 the same Redis and drives the feedback load at it instead (the answers are still created
@@ -83,9 +84,15 @@ def main() -> int:
     ap.add_argument("--group-commit", default="128",
                     help="RLHF_REDIS_GROUP_COMMIT values to measure in turn (list; 1 = each request "
                          "its own Redis round trips, needs --ingest-workers to restart per value)")
+    ap.add_argument("--direct-routes", default="1",
+                    help="RLHF_DIRECT_ROUTES values to measure in turn (list of 0/1: feedback POSTs "
+                         "through FastAPI, or on serving/direct_routes.py's path; several need "
+                         "--ingest-workers)")
     args = ap.parse_args()
-    if "," in args.group_commit and not args.ingest_workers:
-        ap.error("--group-commit with several values needs --ingest-workers (rlhf serve is started once)")
+    for name in ("group_commit", "direct_routes"):
+        if "," in getattr(args, name) and not args.ingest_workers:
+            ap.error(f"--{name.replace('_', '-')} with several values needs --ingest-workers "
+                     "(rlhf serve is started once)")
 
     import httpx
     import redis
@@ -114,7 +121,8 @@ def main() -> int:
                    RLHF_API_KEYS=API_KEY, RLHF_TRUSTED_API_KEYS=API_KEY,
                    RLHF_RATE_LIMIT_FEEDBACK_KEY="", RLHF_MAX_MODEL_LEN="256",
                    RLHF_TEST_LOG_LEVEL="warning",
-                   RLHF_REDIS_GROUP_COMMIT=args.group_commit.split(",")[0])
+                   RLHF_REDIS_GROUP_COMMIT=args.group_commit.split(",")[0],
+                   RLHF_DIRECT_ROUTES=args.direct_routes.split(",")[0])
         with running_server(env, model_dir=model, log_dir=tmp) as srv, ExitStack() as stack:
             ids: list[str] = []
             with httpx.Client(timeout=120, headers=srv.headers()) as c:
@@ -135,9 +143,12 @@ def main() -> int:
             if args.ingest_workers:
                 results["server"] += (f"; feedback to `rlhf ingest --workers "
                                       f"{args.ingest_workers}` (uvicorn workers, own port)")
-            for group_commit in [int(x) for x in args.group_commit.split(",")]:
+            variants = [(int(g), int(d)) for g in args.group_commit.split(",")
+                        for d in args.direct_routes.split(",")]
+            for group_commit, direct in variants:
                 with ExitStack() as per_value:
-                    run_env = dict(env, RLHF_REDIS_GROUP_COMMIT=str(group_commit))
+                    run_env = dict(env, RLHF_REDIS_GROUP_COMMIT=str(group_commit),
+                                   RLHF_DIRECT_ROUTES=str(direct))
                     target = srv  # where the feedback load goes
                     if args.ingest_workers:
                         target = per_value.enter_context(running_ingest(
@@ -150,13 +161,15 @@ def main() -> int:
                     results["warmup_events"] = results.get("warmup_events", 0) + warmup["requests"]
                     for conc in [int(x) for x in args.concurrency.split(",")]:
                         run = measure(target.port, single, conc, args.seconds, 1, watch)
-                        run.update(route="/v1/feedback", group_commit=group_commit)
+                        run.update(route="/v1/feedback", group_commit=group_commit,
+                                   direct_routes=bool(direct))
                         results["runs"].append(run)
                         print(json.dumps(run))
                     for b, reqs in batches.items():
                         for conc in [int(x) for x in args.concurrency.split(",")]:
                             run = measure(target.port, reqs, conc, args.seconds, b, watch)
-                            run.update(route="/v1/feedback/batch", group_commit=group_commit)
+                            run.update(route="/v1/feedback/batch", group_commit=group_commit,
+                                       direct_routes=bool(direct))
                             results["runs"].append(run)
                             print(json.dumps(run))
             r = redis.Redis.from_url(redis_url)

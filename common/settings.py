@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     """Feedback lookups and writes of concurrent requests share a Redis round trip, at most this
     many calls each (serving/group_commit.py); 1 = every request its own round trips (as before
     session 13: kept for comparison in bench/bench_ingest.py)."""
+    direct_routes: bool = True
+    """Feedback POSTs skip FastAPI's per-request machinery (serving/direct_routes.py); False =
+    through FastAPI like every other route (kept for comparison in bench/bench_ingest.py)."""
     max_messages: int = 128
     """Messages per chat request."""
     max_message_chars: int = 32_768

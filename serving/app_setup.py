@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from common.settings import Settings
-from serving import ui_routes
+from serving import feedback_routes, ui_routes
+from serving.direct_routes import DirectRoutes, direct_routes_for
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.quotas import BodyLimitMiddleware, Quotas
@@ -37,10 +38,14 @@ def new_app(settings: Settings, title: str, lifespan) -> FastAPI:
 
 
 def finish_app(app: FastAPI, settings: Settings, ui_pages: bool = True) -> FastAPI:
-    """After the app's own routers: the UI routes (the chat page and console only if
-    `ui_pages`; the feedback widget's routes always, unless RLHF_UI_ENABLED=false), the
-    widget's CORS, the body cap and the request metrics, in this order (the metrics
-    middleware is added last, so it is outermost and counts the 413s too)."""
+    """After the app's own routers (the feedback routes among them): the feedback POSTs'
+    direct path (serving/direct_routes.py, innermost, so everything below wraps it too), the
+    UI routes (the chat page and console only if `ui_pages`; the feedback widget's routes
+    always, unless RLHF_UI_ENABLED=false), the widget's CORS, the body cap and the request
+    metrics, in this order (the metrics middleware is added last, so it is outermost and
+    counts the 413s too)."""
+    if settings.direct_routes:
+        app.add_middleware(DirectRoutes, routes=direct_routes_for(app, feedback_routes.POST_PATHS))
     ui_routes.install(app, settings, pages=ui_pages)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -61,11 +61,21 @@ def describe_validation(errors) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request body", first_param
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
+
+
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), "invalid_request_error",
+                          headers=getattr(exc, "headers", None))
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The app's error shape for every error (serving/direct_routes.py answers its routes'
+    errors with the same two functions)."""
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param,
-                              exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
@@ -74,5 +84,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), "invalid_request_error",
-                              headers=getattr(exc, "headers", None))
+        return http_error_response(exc)

@@ -41,6 +41,8 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 RETRY_AFTER_S = "2"
 FEEDBACK_ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503)
 MAX_BATCH = 1000
+POST_PATHS = ("/v1/feedback", "/v1/feedback/batch", "/v1/comparisons")
+"""Answered on the direct path (serving/direct_routes.py): they take only the request."""
 TokenStr = Annotated[str, StringConstraints(min_length=1, max_length=feedback_token.MAX_LEN)]
 ResponseId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 TOKEN_FIELD = Field(default=None, min_length=1, max_length=feedback_token.MAX_LEN,

@@ -322,3 +322,63 @@ def test_without_redis_health_and_feedback_are_503(tmp_path):
     assert health.status_code == 503 and health.json()["status"] == "redis_unavailable"
     assert vote.status_code == 503 and vote.headers["Retry-After"] == "2"
     assert vote.json()["error"]["code"] == "store_unavailable"
+
+
+def test_direct_feedback_path_answers_exactly_as_fastapi_does(db_url, r, tmp_path):
+    """serving/direct_routes.py answers the feedback POSTs without FastAPI's per-request
+    machinery: every outcome (accepted, duplicate, 401, 403, 404, 405, 422, 413 while reading a
+    chunked body, CORS) must be the same as through FastAPI, and /metrics must name the route."""
+    outcomes = {}
+    for direct in (False, True):
+        r.flushdb()
+        s = settings_for(db_url, tmp_path, direct_routes=direct, max_request_bytes=2000,
+                         ui_cors_origins="https://shop.example")
+        (rid, rid2), token = store_answers(s, KEY, "resp_d1", n=2)
+        (other,), _ = store_answers(s, OTHER, "resp_d2")
+
+        async def chunks():
+            for _ in range(3):
+                yield b"x" * 1000
+
+        async def scenario(c):
+            thumb = {"response_id": rid, "rating": "up"}
+            calls = [
+                c.post("/v1/feedback", json=thumb, headers=auth(KEY) | {"Idempotency-Key": "k1"}),
+                c.post("/v1/feedback", json=thumb, headers=auth(KEY) | {"Idempotency-Key": "k1"}),
+                c.post("/v1/feedback", json=thumb | {"rating": "down"},
+                       headers=auth(KEY) | {"Idempotency-Key": "k1"}),
+                c.post("/v1/feedback", json=thumb),
+                c.post("/v1/feedback", json=thumb, headers=auth("wrong-key")),
+                c.post("/v1/feedback", json={"response_id": rid, "rating": "meh"}, headers=auth(KEY)),
+                c.post("/v1/feedback", content=b"{not json", headers=auth(KEY)),
+                c.post("/v1/feedback", json={"response_id": "nope", "rating": "up"}, headers=auth(KEY)),
+                c.post("/v1/feedback", json={"response_id": other, "rating": "up"}, headers=auth(KEY)),
+                c.post("/v1/feedback", json=thumb | {"user": "mallory"}, headers=auth(KEY)),
+                c.post("/v1/feedback", content=chunks(), headers=auth(KEY)),
+                c.get("/v1/feedback", headers=auth(KEY)),
+                c.post("/v1/feedback/", json=thumb, headers=auth(KEY)),
+                c.post("/v1/feedback/batch", json={"items": [thumb, {"response_id": "nope",
+                                                                     "rating": "up"}]},
+                       headers=auth(KEY)),
+                c.post("/v1/comparisons", json={"response_ids": [rid, rid2], "choice": "a",
+                                                "feedback_token": token},
+                       headers={"Origin": "https://shop.example"}),
+            ]
+            answers = [await call for call in calls]
+            return answers, (await c.get("/metrics")).text
+
+        answers, metrics = run(s, scenario)
+        seen = []
+        for res in answers:
+            body = res.json() if res.headers.get("content-type", "").startswith("application/json") else res.text
+            if isinstance(body, dict):
+                body = {k: v for k, v in body.items() if k not in ("event_id", "stream_id", "data")}
+            seen.append((res.status_code, body, res.headers.get("access-control-allow-origin"),
+                         res.headers.get("www-authenticate"), res.headers.get("allow")))
+        outcomes[direct] = seen
+        assert [x[0] for x in seen] == [200, 200, 422, 401, 401, 422, 422, 404, 403, 403, 413,
+                                        405, 307, 404, 200], seen
+        assert 'route="/v1/feedback",status="200"' in metrics
+        assert 'route="/v1/comparisons",status="200"' in metrics
+        assert len(stream(r)) == 2      # the first thumb and the comparison; nothing else
+    assert outcomes[True] == outcomes[False]
