@@ -3,11 +3,16 @@ rate limits answer 429 with Retry-After, per key, per rater and per account; req
 are clear 4xx; the default max_tokens is the setting capped by the context."""
 from __future__ import annotations
 
+import asyncio
 import json
+
+import pytest
 
 from common.identity import account_pseudonym
 from common.keys import KEYS
 from serving.auth import key_pseudonym
+from serving.errors import ApiError
+from serving.quotas import PipelinedScript, Quotas
 
 from tests.serving.trust_harness import (  # noqa: F401  (db_url, r, _no_vllm: fixtures)
     KEY, OTHER, db_url, r, _no_vllm, settings_for, run, auth, chat)
@@ -52,6 +57,40 @@ def test_rate_limits_answer_429_with_retry_after(db_url, r, tmp_path):
     assert huge.status_code == 400 and huge.json()["error"]["code"] == "request_exceeds_quota"
     assert r.xlen(KEYS.feedback_stream) == 2
     assert any(k.startswith(KEYS.rate_limits) for k in r.keys("*"))
+
+
+@pytest.mark.parametrize("group_commit", [1, 128])
+def test_concurrent_quota_hits_are_exact_whether_pipelined_or_not(db_url, r, tmp_path, group_commit):
+    """60 concurrent hits on a 25/minute rater quota: exactly 25 pass, with the hits sent one
+    round trip each (group commit 1) or pipelined (serving/quotas.PipelinedScript); pipelined,
+    they share round trips, and a lost script cache (SCRIPT FLUSH) is reloaded, not a 5xx."""
+    s = settings_for(db_url, tmp_path, rate_limit_feedback_rater="25/minute",
+                     redis_group_commit=group_commit)
+
+    async def main():
+        quotas = Quotas(s)
+        check = [("rate_limit_feedback_rater", "alice", 1, "feedback events per rater")]
+
+        async def hit():
+            try:
+                await quotas.charge(check)
+                return 200
+            except ApiError as exc:
+                return exc.status
+        first = await asyncio.gather(*[hit() for _ in range(60)])
+        r.script_flush()
+        check[0] = ("rate_limit_feedback_rater", "bob", 1, "feedback events per rater")
+        second = await asyncio.gather(*[hit() for _ in range(30)])
+        script = quotas.storage.bridge.lua_acquire_sliding_window
+        return first, second, script
+    first, second, script = asyncio.run(main())
+    assert sorted(first) == [200] * 25 + [429] * 35
+    assert sorted(second) == [200] * 25 + [429] * 5
+    if group_commit == 1:
+        assert not isinstance(script, PipelinedScript)
+    else:
+        assert isinstance(script, PipelinedScript)
+        assert script._commit.batches <= 10, script._commit.batches   # shared: far fewer round trips than 90 hits
 
 
 def test_generation_tokens_quota(db_url, tmp_path):
