@@ -5,8 +5,9 @@ Why: feedback ingest is one small JSON POST per vote, thousands per second (issu
 crossed Starlette's exception middleware, FastAPI's two per-request exit stacks, the router's
 scan of every route, and FastAPI's request handler (body/content-type handling, dependency
 solving for a lone ``Request`` parameter), around an endpoint that already authenticates and
-parses its body by hand (serving/feedback_routes.py). Measured in the profile of session 18
-(bench/results/ingest-profile-s18.txt): that machinery was a large share of each call's CPU.
+parses its body by hand (serving/feedback_routes.py). Measured side by side in one run
+(`bench/bench_ingest.py --ingest-workers 2 --direct-routes 0,1`, session 18, two runs): single
+votes 2,073-2,215 -> 2,683-3,427/s at c=32 and 3,072-3,285 -> 3,534-4,063/s at c=64.
 
 What it does: a pure ASGI middleware placed innermost of the app's own middleware (so the
 metrics, the body cap and the widget's CORS still wrap it). For an exact (method, path) it
