@@ -20,16 +20,11 @@ raised while the body is read) is answered as the app's handler answers it.
 """
 from __future__ import annotations
 
-from typing import Awaitable, Callable
-
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
 
 from serving.errors import ApiError, api_error_response, http_error_response
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class DirectRoutes:

@@ -22,7 +22,6 @@ from limits import RateLimitItem, parse_many
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-
 from redis.exceptions import NoScriptError
 
 from common.keys import KEYS
@@ -99,10 +98,11 @@ class PipelinedScript:
     serving/group_commit.py), each call still its own atomic EVALSHA with its own result.
 
     Why: every feedback event charges its rater's quota (and its key's) through `limits`, one
-    script call each on a connection of its own, beside the feedback lookup and write that
-    already share round trips. Under load that was the ingest's largest remaining share of
-    Redis calls per event. The script, its keys and its arguments stay `limits`' own; only the
-    sending is batched."""
+    script call each on a connection of its own: the one Redis call per event that did not
+    share round trips with other requests' (the answer lookup and the vote write do). The
+    script, its keys and its arguments stay `limits`' own; only the sending is batched. Not
+    measured apart: bench/bench_ingest.py compares it only together with direct routes
+    against session 17's code (README)."""
 
     def __init__(self, script, max_batch: int):
         self.script = script
