@@ -44,7 +44,11 @@ RATERS = 100_000
 
 
 def _load_proc(q, host, port, reqs, conc, seconds):
-    q.put(run_load(host, port, reqs, conc, seconds))
+    import time
+    cpu0 = time.process_time()
+    lat, errors, elapsed = run_load(host, port, reqs, conc, seconds)
+    # the load generator shares the machine's cores with the servers: its share is reported too
+    q.put((lat, errors, elapsed, time.process_time() - cpu0))
 
 
 def measure(port, reqs, conc, seconds, events_per_request, watch_pids=()):
@@ -53,12 +57,13 @@ def measure(port, reqs, conc, seconds, events_per_request, watch_pids=()):
     p = mp.get_context("spawn").Process(target=_load_proc,
                                         args=(q, "127.0.0.1", port, reqs, conc, seconds))
     p.start()
-    lat, errors, elapsed = q.get()
+    lat, errors, elapsed, client_cpu = q.get()
     p.join()
     cpu1 = cpu_seconds_by_process(list(watch_pids))
     n = len(lat)
     # CPU share of each server-side process during the run (1.0 = one full core)
     cpu = {k: round((cpu1[k] - cpu0.get(k, 0.0)) / elapsed, 2) for k in cpu1}
+    cpu["load client"] = round(client_cpu / elapsed, 2)
     return {"concurrency": conc, "events_per_request": events_per_request,
             "requests": n, "errors": len(errors), "error_samples": errors[:3],
             "seconds": round(elapsed, 3),
@@ -76,7 +81,7 @@ def main() -> int:
     ap.add_argument("--model", help="model folder (default: a tiny random model)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--concurrency", default="4,8,32")
-    ap.add_argument("--batch", default="10,20", help="events per batch request (list)")
+    ap.add_argument("--batch", default="10,20", help="events per batch request (list; \"\" = single events only)")
     ap.add_argument("--answers", type=int, default=256)
     ap.add_argument("--ingest-workers", type=int, default=0,
                     help="N > 0: post feedback to `rlhf ingest --workers N` (own port, same "
@@ -139,7 +144,7 @@ def main() -> int:
             batches = {b: [raw_post("/v1/feedback/batch", json.dumps({"items": [{
                 "response_id": rng.choice(ids), "rating": rng.choice(["up", "down"]),
                 "user": f"user{rng.randrange(RATERS)}"} for _ in range(b)]}).encode(),
-                auth) for _ in range(2048)] for b in [int(x) for x in args.batch.split(",")]}
+                auth) for _ in range(2048)] for b in [int(x) for x in args.batch.split(",") if x]}
             if args.ingest_workers:
                 results["server"] += (f"; feedback to `rlhf ingest --workers "
                                       f"{args.ingest_workers}` (uvicorn workers, own port)")

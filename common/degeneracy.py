@@ -10,7 +10,7 @@ An answer is degenerate when (each clause is a reason string; [] = healthy):
   (n = `ngram`) make up more than `max_repeated_ngram_share` of all its n-grams
   ("la femme au roi, la femme au roi, la femme au roi");
 - off the prompt: it shares no content word with the prompt *and* none with the anchor's answer
-  (content word = 4+ letters, not a stop word, compared by `stem`: a plural ending dropped, then
+  (content word = 3+ letters, not a stop word, compared by `stem`: a plural ending dropped, then
   the first 5 letters, so "glacier" and "glaciers", "kite" and "kites" match). The anchor's answer stands in for the topic's vocabulary: "Paris" answers
   "What is the capital of France?" without repeating a word of it, but the anchor says "Paris" too.
   Only answers of 3+ words are judged on relevance (shorter ones fall to the length clause).
@@ -26,7 +26,10 @@ down during each even every from further have having here hers herself himself i
 more most much must myself only other ours ourselves over same should some such than that their
 theirs them themselves then there these they this those through under until very what when where
 which while whom with would your yours yourself yourselves will shall make made tell like know
-please thing things really well want need give write explain something anything""".split())
+please thing things really well want need give write explain something anything
+the and for are but not you all any can had her was one our out has him his how its may now who why
+did get got let put say she too use yes yet own off per via nor few see way i'm it's
+don't that's what's here's there's let's you're you'll i'll i've can't won't isn't""".split())
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 
@@ -49,8 +52,11 @@ def stem(word: str) -> str:
 
 
 def content_stems(text: str) -> set[str]:
-    """The stems (`stem`) of the content words: 4+ letters, not a stop word."""
-    return {stem(w) for w in words(text) if len(w) >= 4 and w.lower() not in STOP_WORDS}
+    """The stems (`stem`) of the content words: 3+ letters, not a stop word. Why 3, not 4
+    (session 19): topics are often three letters (sun, sea, tea, art, ice), and at 4+ the on-topic
+    "The sun is a beautiful and powerful thing." was judged off "Explain the sun in simple terms."
+    (the gate refused a candidate for it); the three-letter function words are stop words."""
+    return {stem(w) for w in words(text) if len(w) >= 3 and w.lower() not in STOP_WORDS}
 
 
 def repeated_ngram_share(tokens: list[str], n: int) -> float:

@@ -142,6 +142,15 @@ def _accounts(api_keys: str, trusted_api_keys: str, hmac_key: bytes) -> MappingP
                              for k, e in check_key_lists(api_keys, trusted_api_keys).items()})
 
 
+@lru_cache(maxsize=16)
+def key_identities(api_keys: str, trusted_api_keys: str, hmac_key: bytes) -> MappingProxyType:
+    """Every configured key -> (its pseudonym, its account's pseudonym, trusted), computed once
+    per key configuration (cached on the values, as `_accounts`)."""
+    s = _HmacOnly(hmac_key)
+    return MappingProxyType({k: (key_pseudonym(k, s), _account_id(k, e, s), e.trusted)
+                             for k, e in check_key_lists(api_keys, trusted_api_keys).items()})
+
+
 def trusted_accounts(settings) -> frozenset[str]:
     """Account pseudonyms of the trusted keys (exempt from the training-data cap)."""
     return frozenset(key_account(k, settings) for k, e in key_table(settings).items()

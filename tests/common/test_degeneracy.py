@@ -51,3 +51,13 @@ def test_plurals_of_short_words_match():
     # still off the prompt when no word is shared
     assert degenerate_reasons("Bananas grow on tall green plants everywhere.", kites) != []
 
+
+def test_three_letter_topics_count_and_function_words_do_not():
+    # session 19: at 4+ letters the topic "sun" was invisible and this answer judged off the prompt
+    sun = "Explain the sun in simple terms."
+    assert degenerate_reasons("The sun is a beautiful and powerful thing.", sun) == []
+    assert content_stems("the sun and the sea, not you") == {"sun", "sea"}
+    # three-letter function words shared with the prompt do not make an answer relevant
+    assert degenerate_reasons("You can get one for all of them, but not now.",
+                              "How can you get the tea out?") != []
+

@@ -314,6 +314,42 @@ def test_hmac_key_file_is_private_and_key_pseudonyms_use_it(tmp_path):
     assert "same-key" not in key_pseudonym("same-key", a)
 
 
+def test_authenticate_maps_each_configured_key_to_its_caller_and_refuses_the_rest():
+    """The per-configuration key table (serving/auth.py `_callers`) gives each key the caller
+    the pseudonym functions define, follows a changed configuration, and 401s anything else."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from common.identity import key_account
+    from serving.auth import authenticate
+    from serving.errors import ApiError
+
+    def call(settings, header):
+        headers = {} if header is None else {"authorization": header}
+        return authenticate(SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(settings=settings)),
+                                            headers=headers), key_optional=True)
+
+    s = Settings(user_hmac_key="h", api_keys="plain,shared:acme", trusted_api_keys="backend:acme-be,shared:acme")
+    for key, trusted in [("plain", False), ("shared", True), ("backend", True)]:
+        c = call(s, f"Bearer {key}")
+        assert (c.principal, c.account, c.trusted, c.has_key, c.open) == (
+            key_pseudonym(key, s), key_account(key, s), trusted, True, False)
+    assert call(s, "Bearer shared").account != call(s, "Bearer shared").principal  # a named account
+    assert call(s, None) is None and call(s, "Basic plain") is None  # no bearer: token-only caller
+    for wrong in ["Bearer plain2", "Bearer plai", "Bearer sécret", "Bearer PLAIN"]:
+        with pytest.raises(ApiError) as exc:
+            call(s, wrong)
+        assert exc.value.status == 401 and exc.value.code == "invalid_api_key"
+    # another configuration (new keys, another HMAC key) is another table
+    s2 = Settings(user_hmac_key="h2", api_keys="plain2")
+    assert call(s2, "Bearer plain2").principal == key_pseudonym("plain2", s2) != key_pseudonym("plain2", s)
+    with pytest.raises(ApiError):
+        call(s2, "Bearer plain")
+    opened = call(Settings(user_hmac_key="h"), "Bearer anything")
+    assert opened.open and opened.trusted and opened.principal == key_pseudonym("anything", s)
+
+
 def test_comparison_across_two_requests_needs_both_tokens_of_one_user(db_url, r, tmp_path):
     s = settings_for(db_url, tmp_path)
 
