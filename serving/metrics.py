@@ -45,6 +45,9 @@ class MetricsMiddleware:
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
+        # (route, status) -> its two labelled children: `labels()` builds a key and takes a lock
+        # per call; routes and status codes are few, so they are looked up once
+        self._children: dict[tuple[str, int], tuple] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,5 +66,10 @@ class MetricsMiddleware:
             route = scope.get("route")
             # the route template, not the raw path: keeps label cardinality bounded
             name = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(name, str(status["code"])).inc()
-            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+            key = (name, status["code"])
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (self.metrics.requests.labels(name, str(key[1])),
+                                                  self.metrics.latency.labels(name))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - t0)
