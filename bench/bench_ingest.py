@@ -32,6 +32,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -44,7 +45,6 @@ RATERS = 100_000
 
 
 def _load_proc(q, host, port, reqs, conc, seconds):
-    import time
     cpu0 = time.process_time()
     lat, errors, elapsed = run_load(host, port, reqs, conc, seconds)
     # the load generator shares the machine's cores with the servers: its share is reported too

@@ -110,11 +110,6 @@ def key_table(settings) -> MappingProxyType:
     return check_key_lists(settings.api_keys, settings.trusted_api_keys)
 
 
-def trusted_keys(settings) -> list[str]:
-    """RLHF_TRUSTED_API_KEYS: trusted back ends (may name the rater; exempt from the cap)."""
-    return [k for k, _ in parse_keys(settings.trusted_api_keys, "RLHF_TRUSTED_API_KEYS")]
-
-
 def key_account(key: str, settings) -> str:
     """The account pseudonym of a key: its named account's, else the key's own pseudonym (a
     key without an account is its own account: the same id as before accounts existed)."""
@@ -137,15 +132,14 @@ def accounts_by_principal(settings) -> MappingProxyType:
 @lru_cache(maxsize=16)
 def _accounts(api_keys: str, trusted_api_keys: str, hmac_key: bytes) -> MappingProxyType:
     # cached on the settings' values (not the object): the feedback route asks per request
-    s = _HmacOnly(hmac_key)
-    return MappingProxyType({key_pseudonym(k, s): _account_id(k, e, s)
-                             for k, e in check_key_lists(api_keys, trusted_api_keys).items()})
+    return MappingProxyType({principal: account for principal, account, _ in
+                             key_identities(api_keys, trusted_api_keys, hmac_key).values()})
 
 
 @lru_cache(maxsize=16)
 def key_identities(api_keys: str, trusted_api_keys: str, hmac_key: bytes) -> MappingProxyType:
     """Every configured key -> (its pseudonym, its account's pseudonym, trusted), computed once
-    per key configuration (cached on the values, as `_accounts`)."""
+    per key configuration (cached on the settings' values, not the object)."""
     s = _HmacOnly(hmac_key)
     return MappingProxyType({k: (key_pseudonym(k, s), _account_id(k, e, s), e.trusted)
                              for k, e in check_key_lists(api_keys, trusted_api_keys).items()})

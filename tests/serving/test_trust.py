@@ -13,12 +13,17 @@ import os
 import stat
 import subprocess
 import time
+from types import SimpleNamespace
 
+import pytest
+
+from common.identity import key_account
 from common.keys import KEYS
 from common.settings import Settings
 from serving import feedback_token
-from serving.auth import key_pseudonym
+from serving.auth import authenticate, key_pseudonym
 from serving.cli import insecure_bind_refusal
+from serving.errors import ApiError
 from tests.helpers.server import free_port, rlhf_executable
 
 from tests.serving.trust_harness import (  # noqa: F401  (db_url, r, _no_vllm: fixtures)
@@ -317,14 +322,6 @@ def test_hmac_key_file_is_private_and_key_pseudonyms_use_it(tmp_path):
 def test_authenticate_maps_each_configured_key_to_its_caller_and_refuses_the_rest():
     """The per-configuration key table (serving/auth.py `_callers`) gives each key the caller
     the pseudonym functions define, follows a changed configuration, and 401s anything else."""
-    from types import SimpleNamespace
-
-    import pytest
-
-    from common.identity import key_account
-    from serving.auth import authenticate
-    from serving.errors import ApiError
-
     def call(settings, header):
         headers = {} if header is None else {"authorization": header}
         return authenticate(SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(settings=settings)),
