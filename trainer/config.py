@@ -310,6 +310,15 @@ class RAFTConfig(PolicyConfig):
     repair_weight: float = 1.0        # weight of the repair's unlikelihood beside the kept answers' likelihood
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
+    kl_brake_share: Optional[float] = 0.8   # keep the trained policy's KL to the anchor (sampled on the round's
+                                      # prompts, as the gate samples held-out ones) under this share of the job's
+                                      # kl_budget (the deployment's, from the worker): while above, the trained
+                                      # weights are pulled back toward the served version's, θ_s + α(θ - θ_s), α
+                                      # halved (trainer/kl_brake.py). None (or a job without a budget) = off. Why:
+                                      # rounds overshot the budget in one jump (3.99 -> 9.22) and the gate threw
+                                      # the whole round away; 0.8 leaves room for the estimate's noise (~1 nat)
+    kl_brake_tries: int = 2           # halvings of α at most (1 -> 1/2 -> 1/4); the last is kept even if still over
+    kl_brake_prompts: int = 32        # round prompts (one sampled answer each) per KL estimate
 
 
 @dataclass

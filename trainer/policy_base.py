@@ -38,6 +38,7 @@ class PolicyJob:
     reward_model_dir: Path | None = None   # ppo, rloo, online_dpo
     critic_dir: Path | None = None         # ppo: the parent version's critic (None = from the RM)
     kl_state: dict | None = None           # the parent's KL controller state, resumed (ppo, rloo)
+    kl_budget: float | None = None         # the most KL to the anchor the gate accepts (raft's brake holds a share)
 
 
 class PolicyRun:

@@ -30,6 +30,9 @@ one loops more under greedy decoding; the round's own prompts show it before the
 What the kept epoch still gets wrong there can be repaired (`repair_rounds`, trainer/raft_repair.py):
 unlikelihood on those answers' own stop token or repeated tokens, then a re-check.
 
+A round's drift is braked (`kl_brake_share`, trainer/kl_brake.py): when the policy's sampled KL to the
+anchor is above a share of the deployment's budget, its weights are pulled back toward the served ones.
+
 Loops can also be unlearned (`unlikelihood_weight`, off): the policy's own answers that repeat themselves — among
 the samples and its greedy answers to the round's prompts, the decoding the gate and the report
 use — add a sequence-level unlikelihood term (Welleck et al. 2019) on their repeated tokens to each
@@ -55,6 +58,7 @@ from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
 from trainer.device import autocast
+from trainer.kl_brake import apply_brake
 from trainer.modeling import load_causal_lm
 from trainer.online import OnlineRun
 from trainer.policy_base import PolicyJob, Progress, log_step
@@ -101,6 +105,8 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         raise ValueError("raft needs k >= 2 answers per prompt to rank")
     run = OnlineRun(job, config)
     run.generator.batch_size = config.generation_batch_size
+    brake = bool(config.kl_brake_share and job.kl_budget)
+    start = [p.detach().clone() for p in run.params] if brake else []   # the served weights (kl_brake)
     # the k candidates are drawn at sample_temperature; every log-prob (training included) stays at temperature
     run.sampling = replace(run.sampling, temperature=config.sample_temperature or config.temperature)
     messages = [prompt_messages(p) for p in job.prompts]
@@ -213,6 +219,10 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         sample_stats.update(repair=repair, repair_degenerate_before=repair["degenerate"][0],
                             repair_degenerate_after=repair["degenerate"][repair["kept_round"]],
                             repair_seconds=repair["seconds"])
+    if brake:
+        held = apply_brake(run, messages, start, config.kl_brake_share * job.kl_budget, config)
+        sample_stats.update(kl_brake=held, kl_brake_alpha=held["alpha"],     # flat: version metadata
+                            kl_brake_estimate=held["estimates"][str(held["alpha"])], kl_brake_seconds=held["seconds"])
     taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),
                "prompt": user_text(messages[r // m]), "answer": texts[r], "closed": bool(made[r])} for r in rows]
     keep = (taught + earlier)[: config.replay_keep]

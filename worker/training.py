@@ -90,7 +90,8 @@ def train_policy_step(settings: Settings, sets, run_id: str, served: str, anchor
     job = PolicyJob(policies.path(served), policies.path(anchor), work / "policy", prompts=sets.train_prompts,
                     pairs=pairs, rated=rated, reward_model_dir=rm_dir,
                     critic_dir=critics.path(critic_id) if critic_id and critics.exists(critic_id) else None,
-                    kl_state=served_meta.get("kl_state") if served_meta.get("algorithm") == algo.name else None)
+                    kl_state=served_meta.get("kl_state") if served_meta.get("algorithm") == algo.name else None,
+                    kl_budget=settings.kl_budget)
     result = algorithms.train_policy(algo.name, job, config, progress=progress)
     meta = {"algorithm": algo.name, "config": asdict(config), "anchor": anchor,
             "kl_state": result.get("kl_state"), "critic": None}
