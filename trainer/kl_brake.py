@@ -12,7 +12,8 @@ above the limit, set the trainable weights to θ_start + α (θ_trained - θ_sta
 space interpolation between a model and its fine-tuned self stays fluent and keeps much of the gain
 (WiSE-FT, Wortsman et al. 2022); it is the trust region of one round, chosen by measurement rather
 than by a learning rate guessed in advance. Each estimate costs one batch of sampled answers and two
-scoring passes (about 10 s for 32 answers of 64 tokens on the 2-core demo machine).
+scoring passes: 29 s for 32 answers of up to 64 tokens on the 2-core demo machine (session 20, SmolLM2,
+the anchor's first load included).
 """
 from __future__ import annotations
 
