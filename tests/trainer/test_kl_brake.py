@@ -2,8 +2,8 @@
 the limit (the last tried is kept), the weights are interpolated between the served and the trained
 ones, and a real RAFT run on the tiny model publishes exactly that interpolation."""
 import torch
-from transformers import AutoTokenizer
 
+from tests.helpers.models import shifted_copy
 from trainer.config import RAFTConfig
 from trainer.data import PromptItem
 from trainer.kl_brake import brake_alphas, interpolate_
@@ -30,16 +30,6 @@ def test_interpolation_moves_each_weight_alpha_of_the_way():
     assert params[0].tolist() == [4.0, -2.0]
 
 
-def _served(tiny_model_dir, folder):
-    model = load_causal_lm(tiny_model_dir)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
-    return folder
-
-
 def _raft(tiny_model_dir, rm_dir, served, out, kl_budget, lr):
     config = RAFTConfig(k=2, max_new_tokens=4, lr=lr, epochs=1, loop_check=False, drop_degenerate=False,
                         require_eos=False, close_cut_answers=False, min_advantage=-100.0, top_p=1.0,
@@ -51,7 +41,7 @@ def _raft(tiny_model_dir, rm_dir, served, out, kl_budget, lr):
 
 
 def test_raft_publishes_the_braked_interpolation(tiny_model_dir, trained_rm, tmp_path):
-    served = _served(tiny_model_dir, tmp_path / "served")
+    served = shifted_copy(tiny_model_dir, tmp_path / "served")
     free = _raft(tiny_model_dir, trained_rm[0], served, tmp_path / "free", None, lr=1e-2)
     assert "kl_brake" not in free                       # no budget: no brake
     held = _raft(tiny_model_dir, trained_rm[0], served, tmp_path / "held", 1e-6, lr=1e-2)

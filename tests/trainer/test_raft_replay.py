@@ -6,8 +6,8 @@ tests/trainer/test_algorithms_learning.py.)"""
 import random
 
 import torch
-from transformers import AutoTokenizer
 
+from tests.helpers.models import shifted_copy
 from trainer.config import RAFTConfig
 from trainer.data import PromptItem
 from trainer.modeling import load_causal_lm
@@ -58,13 +58,7 @@ def test_raft_samples_from_the_served_version_and_fine_tunes_the_anchor(tiny_mod
     """start_from_anchor (ReST-EM): the published weights descend from the anchor, not from the served
     version that sampled, and every answer the served version carries is trained on; with it off, the
     run continues from the served version."""
-    served = tmp_path / "served"
-    model = load_causal_lm(tiny_model_dir)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01)
-    model.save_pretrained(served)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(served)
+    served = shifted_copy(tiny_model_dir, tmp_path / "served")
     write_kept(served, [{"prompt_ids": [1, 2], "response_ids": [5, 6], "prompt": "a", "answer": "b"}] * 3)
     anchor_state = load_causal_lm(tiny_model_dir).state_dict()
     served_state = load_causal_lm(served).state_dict()
