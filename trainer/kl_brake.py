@@ -67,7 +67,8 @@ def sampled_kl_to_anchor(run, messages: list[list[dict]], max_new_tokens: int, s
 
 def apply_brake(run, messages: list[list[dict]], start: list[torch.Tensor], limit: float, config) -> dict:
     """Hold the actor's KL to the anchor within `limit` (see the module docstring). `start`: the
-    trainable weights before the round's fine-tuning, in `run.params` order. Returns the record the
+    served version's trainable weights, in `run.params` order (also with RAFT's `start_from_anchor`: the
+    brake pulls toward what users are served now, not toward where fine-tuning began). Returns the record the
     version's metadata carries: limit, estimates by alpha, the alpha kept, seconds."""
     started = time.time()
     rng = random.Random(config.seed)

@@ -61,7 +61,7 @@ class PolicyRun:
 
     @cached_property
     def reference(self):
-        """The frozen anchor, loaded on first use: RAFT never reads it (its KL is the gate's to check)."""
+        """The frozen anchor, loaded on first use: RAFT reads it only for its KL brake (trainer/kl_brake.py)."""
         return load_causal_lm(self.job.reference_dir, self.device).requires_grad_(False)
 
     # ---------------------------------------------------------------- data -> token ids
