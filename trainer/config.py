@@ -314,14 +314,15 @@ class RAFTConfig(PolicyConfig):
                                       # prompts, as the gate samples held-out ones) under this share of the job's
                                       # kl_budget (the deployment's, from the worker): while above, the trained
                                       # weights are pulled back toward the served version's, θ_s + α(θ - θ_s), α
-                                      # halved (trainer/kl_brake.py). None (or a job without a budget) = off. Why:
+                                      # cut by a secant step (or halved; trainer/kl_brake.py). None (or a job without a budget) = off. Why:
                                       # rounds overshot the budget in one jump (3.99 -> 9.22) and the gate threw
                                       # the whole round away. Measured (balanced demo, session 20, share 0.8): this
                                       # estimate minus the gate's was -0.42, +0.72, +0.77 in rounds 1-3 (the round's
                                       # own prompts read higher once it replays); α 1/2 read 6.77 and 6.86, just over
                                       # 6.4, so both rounds went to α 1/4 (KL to served 0.13 and 0.01) at ~30 s per
                                       # estimate. 0.9 (7.2) keeps ~1 nat of margin below the budget
-    kl_brake_tries: int = 2           # halvings of α at most (1 -> 1/2 -> 1/4); the last is kept even if still over
+    kl_brake_tries: int = 2           # smaller α tried at most after α = 1 (kl_brake.next_alpha); the last is kept even
+                                      # if still over
     kl_brake_prompts: int = 32        # round prompts (one sampled answer each) per KL estimate
 
 

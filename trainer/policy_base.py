@@ -39,6 +39,8 @@ class PolicyJob:
     critic_dir: Path | None = None         # ppo: the parent version's critic (None = from the RM)
     kl_state: dict | None = None           # the parent's KL controller state, resumed (ppo, rloo)
     kl_budget: float | None = None         # the most KL to the anchor the gate accepts (raft's brake holds a share)
+    served_kl_to_anchor: float | None = None   # the policy's own KL to the anchor as its gate measured it (0 when
+                                               # it is the anchor; None = unknown): raft's brake aims its next step by it
 
 
 class PolicyRun:

@@ -220,7 +220,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
                             repair_degenerate_after=repair["degenerate"][repair["kept_round"]],
                             repair_seconds=repair["seconds"])
     if brake:
-        held = apply_brake(run, messages, start, config.kl_brake_share * job.kl_budget, config)
+        held = apply_brake(run, messages, start, config.kl_brake_share * job.kl_budget, config, job.served_kl_to_anchor)
         sample_stats.update(kl_brake=held, kl_brake_alpha=held["alpha"],     # flat: version metadata
                             kl_brake_estimate=held["estimates"][str(held["alpha"])], kl_brake_seconds=held["seconds"])
     taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),

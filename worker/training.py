@@ -9,6 +9,7 @@ on a policy that already learned them.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -91,7 +92,7 @@ def train_policy_step(settings: Settings, sets, run_id: str, served: str, anchor
                     pairs=pairs, rated=rated, reward_model_dir=rm_dir,
                     critic_dir=critics.path(critic_id) if critic_id and critics.exists(critic_id) else None,
                     kl_state=served_meta.get("kl_state") if served_meta.get("algorithm") == algo.name else None,
-                    kl_budget=settings.kl_budget)
+                    kl_budget=settings.kl_budget, served_kl_to_anchor=served_kl_to_anchor(served_meta, served, anchor))
     result = algorithms.train_policy(algo.name, job, config, progress=progress)
     meta = {"algorithm": algo.name, "config": asdict(config), "anchor": anchor,
             "kl_state": result.get("kl_state"), "critic": None}
@@ -100,6 +101,17 @@ def train_policy_step(settings: Settings, sets, run_id: str, served: str, anchor
         meta["critic"] = critics.publish(critic_dir, {"run_id": run_id, "policy_parent": served,
                                                       "init": result.get("critic_init")}, move=True)
     return job.out_dir, result, meta
+
+
+def served_kl_to_anchor(served_meta: dict, served: str, anchor: str) -> float | None:
+    """The served version's KL to today's anchor as its gate measured it: 0 for the anchor itself;
+    None when unknown (no finite record, or it was measured against another anchor)."""
+    if served == anchor:
+        return 0.0
+    kl = served_meta.get("kl_to_anchor")
+    if served_meta.get("anchor") != anchor or not isinstance(kl, (int, float)) or not math.isfinite(kl):
+        return None
+    return float(kl)
 
 
 def judge_reward_models(settings: Settings, exclude: str | None = None) -> list[Path]:

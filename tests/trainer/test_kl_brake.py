@@ -1,12 +1,12 @@
-"""RAFT's KL brake (trainer/kl_brake.py): alpha halves until the estimated KL to the anchor is within
-the limit (the last tried is kept), the weights are interpolated between the served and the trained
+"""RAFT's KL brake (trainer/kl_brake.py): alpha shrinks (a secant step from the served version's KL,
+else halving) until the estimated KL to the anchor is within the limit (the last tried is kept), the weights are interpolated between the served and the trained
 ones, and a real RAFT run on the tiny model publishes exactly that interpolation."""
 import torch
 
 from tests.helpers.models import shifted_copy
 from trainer.config import RAFTConfig
 from trainer.data import PromptItem
-from trainer.kl_brake import brake_alphas, interpolate_
+from trainer.kl_brake import brake_alphas, interpolate_, next_alpha
 from trainer.modeling import load_causal_lm
 from trainer.policy_base import PolicyJob
 from trainer.rejection import run_raft
@@ -19,6 +19,32 @@ def test_alpha_halves_until_the_kl_is_within_the_limit():
     # never within: the last (smallest) alpha tried is kept, after `tries` halvings
     assert brake_alphas(kl, limit=0.1, tries=2) == (0.25, {1.0: 10.0, 0.5: 2.5, 0.25: 0.625})
     assert brake_alphas(kl, limit=0.1, tries=0) == (1.0, {1.0: 10.0})
+
+
+def test_next_alpha_is_where_the_line_from_the_start_meets_the_limit():
+    # served 3.66, alpha 1 read 7.34, limit 7.2: the line asks for 0.962 of the step; capped at 0.9
+    assert next_alpha(1.0, 7.34, 7.2, 3.66) == 0.9
+    # served 3.06, alpha 1 read 8.92: (7.2 - 3.06) / (8.92 - 3.06) = 0.7065 -> 0.706
+    assert next_alpha(1.0, 8.92, 7.2, 3.06) == 0.706
+    # from a smaller alpha: 0.5 * (7.2 - 4) / (12 - 4) = 0.2
+    assert next_alpha(0.5, 12.0, 7.2, 4.0) == 0.2
+    # far over: never below alpha / 8
+    assert next_alpha(1.0, 1000.0, 7.2, 0.0) == 0.125
+    # start unknown, or already at/over the limit: halve
+    assert next_alpha(1.0, 9.0, 7.2, None) == 0.5
+    assert next_alpha(0.5, 9.0, 7.2, 7.5) == 0.25
+
+
+def test_brake_with_a_known_start_takes_secant_steps():
+    kl = lambda a: 2.0 + 8.0 * a           # noqa: E731  (linear from the served version's 2.0)
+    # one step lands on the limit: (6 - 2) / (10 - 2) = 0.5, estimated 6.0 <= 6
+    assert brake_alphas(kl, limit=6.0, tries=2, start_kl=2.0) == (0.5, {1.0: 10.0, 0.5: 6.0})
+    convex = lambda a: 2.0 + 8.0 * a * a   # noqa: E731  (the line errs on the safe side)
+    assert brake_alphas(convex, limit=4.0, tries=2, start_kl=2.0) == (0.25, {1.0: 10.0, 0.25: 2.5})
+    assert brake_alphas(convex, limit=2.1, tries=1, start_kl=2.0)[0] == 0.125   # floor 1/8, last kept
+    concave = lambda a: 2.0 + 8.0 * a ** 0.5   # noqa: E731  (the line overshoots: a second secant step)
+    alpha, seen = brake_alphas(concave, limit=4.0, tries=2, start_kl=2.0)
+    assert list(seen) == [1.0, 0.25, 0.125] and alpha == 0.125    # 0.25 read 6.0; 0.25 * 2 / 4 = 0.125
 
 
 def test_interpolation_moves_each_weight_alpha_of_the_way():
@@ -48,6 +74,7 @@ def test_raft_publishes_the_braked_interpolation(tiny_model_dir, trained_rm, tmp
     # a limit nothing meets: three estimates (alpha 1, 1/2, 1/4), the last kept
     assert held["kl_brake_alpha"] == 0.25 and list(held["kl_brake"]["estimates"]) == ["1.0", "0.5", "0.25"]
     assert held["kl_brake"]["limit"] == 0.9 * 1e-6 and held["kl_brake"]["prompts"] == 3
+    assert held["kl_brake"]["start_kl"] is None         # the job did not say: alpha halves
     s, f, h = (load_causal_lm(d).state_dict() for d in (served, tmp_path / "free", tmp_path / "held"))
     moved = [k for k in s if not torch.equal(s[k], f[k])]
     assert moved                                        # training moved the weights

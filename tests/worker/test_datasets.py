@@ -120,3 +120,12 @@ def test_operator_gate_set_is_held_out_of_training():
     assert sets.rated == [] and sets.new_rated == []
     assert sets.stats["pairs"] == 1 and sets.stats["eval_pairs"] == 1 and sets.stats["held_out_for_gate_set"] == 3
     assert hold_out_texts(sets, set()) == 0
+
+
+def test_served_kl_to_anchor_is_the_gate_record_against_todays_anchor():
+    from worker.training import served_kl_to_anchor
+    assert served_kl_to_anchor({}, "v0", "v0") == 0.0                      # the anchor itself
+    assert served_kl_to_anchor({"anchor": "v0", "kl_to_anchor": 3.5}, "v2", "v0") == 3.5
+    assert served_kl_to_anchor({"anchor": "v1", "kl_to_anchor": 3.5}, "v2", "v0") is None   # another anchor
+    assert served_kl_to_anchor({"anchor": "v0", "kl_to_anchor": float("nan")}, "v2", "v0") is None
+    assert served_kl_to_anchor({"anchor": "v0"}, "v2", "v0") is None       # no record (e.g. published by hand)
