@@ -13,7 +13,10 @@ the demo's question templates on the held-out topics and on everyday topics that
 the demo's prompts (general, not tuned to a persona).
 
     python bench/raft_degenerate_ab.py --variant default='{}' --variant x='{"epochs": 1}' \
-        [--preference balanced] [--out bench/results/raft_degenerate_ab.json]
+        [--blend half=default:0.5] [--preference balanced] [--out bench/results/raft_degenerate_ab.json]
+
+`--blend NAME=VARIANT:ALPHA` judges v0 + ALPHA (variant - v0), the weight-space interpolation of a
+trained variant (listed before it) toward v0 (trainer/kl_brake.interpolate_), without training again.
 """
 from __future__ import annotations
 
@@ -88,9 +91,22 @@ def judge(model: Path, prompts: list[str], base: tuple[list[str], list[bool]], p
             "words": round(sum(len(a.split()) for a in answers) / len(answers), 1), "examples": bad[:6]}
 
 
+def blend(variant: Path, v0: Path, alpha: float, out: Path) -> None:
+    """Write v0 + alpha (variant - v0) to `out` (the variant's tokenizer and config files beside it)."""
+    from trainer.kl_brake import interpolate_
+    from trainer.modeling import load_causal_lm
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(variant, out)
+    model, start = load_causal_lm(variant), load_causal_lm(v0)
+    params = [p for p in model.parameters()]
+    interpolate_(params, [p.detach() for p in start.parameters()], [p.detach().clone() for p in params], alpha)
+    model.save_pretrained(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON overrides of RAFTConfig")
+    ap.add_argument("--blend", action="append", default=[], help="NAME=VARIANT:ALPHA (module docstring)")
     ap.add_argument("--preference", default="balanced")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "raft_degenerate_ab.json"))
     ap.add_argument("--work", default=str(ROOT / ".rlhf-data" / "bench-cache" / "raft_ab"))
@@ -118,8 +134,18 @@ def main() -> None:
     base = (cached["answers"], cached["finished"])
     result["v0"] = judge(v0, evals, base, args.preference)
     print("v0", result["v0"], flush=True)
-    for spec in args.variant:
+    for spec in args.variant + args.blend:
         name, _, overrides = spec.partition("=")
+        if spec in args.blend:
+            source, _, alpha = overrides.partition(":")
+            out = work / f"cand-{name}"
+            blend(work / f"cand-{source}", v0, float(alpha), out)
+            row = {"blend_of": source, "alpha": float(alpha), **judge(out, evals, base, args.preference),
+                   "kl_to_v0": round(kl_between(out, v0, [item(p) for p in evals[:48]], max_new_tokens=MAX_NEW, n_samples=2), 3)}
+            result["variants"][name] = row
+            print(name, json.dumps(row), flush=True)
+            Path(args.out).write_text(json.dumps(result, indent=1))
+            continue
         out = work / f"cand-{name}"
         t = time.time()
         config = {**json.loads(overrides or "{}"), "show_progress_bar": False, "device": "cpu"}
