@@ -96,7 +96,8 @@ def blend(variant: Path, v0: Path, alpha: float, out: Path) -> None:
     from trainer.kl_brake import interpolate_
     from trainer.modeling import load_causal_lm
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(variant, out)
+    # not the variant's training stamp: a later --variant of this name must train, not reuse the blend
+    shutil.copytree(variant, out, ignore=shutil.ignore_patterns("bench_config.json", "bench_metrics.json"))
     model, start = load_causal_lm(variant), load_causal_lm(v0)
     params = [p for p in model.parameters()]
     interpolate_(params, [p.detach() for p in start.parameters()], [p.detach().clone() for p in params], alpha)
@@ -136,34 +137,29 @@ def main() -> None:
     print("v0", result["v0"], flush=True)
     for spec in args.variant + args.blend:
         name, _, overrides = spec.partition("=")
+        out = work / f"cand-{name}"
         if spec in args.blend:
             source, _, alpha = overrides.partition(":")
-            out = work / f"cand-{name}"
             blend(work / f"cand-{source}", v0, float(alpha), out)
-            row = {"blend_of": source, "alpha": float(alpha), **judge(out, evals, base, args.preference),
-                   "kl_to_v0": round(kl_between(out, v0, [item(p) for p in evals[:48]], max_new_tokens=MAX_NEW, n_samples=2), 3)}
-            result["variants"][name] = row
-            print(name, json.dumps(row), flush=True)
-            Path(args.out).write_text(json.dumps(result, indent=1))
-            continue
-        out = work / f"cand-{name}"
-        t = time.time()
-        config = {**json.loads(overrides or "{}"), "show_progress_bar": False, "device": "cpu"}
-        stamp = out / "bench_config.json"       # a candidate trained with these overrides is judged again, not retrained
-        if stamp.exists() and json.loads(stamp.read_text()) == config:
-            metrics = json.loads((out / "bench_metrics.json").read_text())
+            row = {"blend_of": source, "alpha": float(alpha)}
         else:
-            shutil.rmtree(out, ignore_errors=True)
-            metrics = train_policy("raft", PolicyJob(v0, v0, out, prompts=[item(p) for p in train], reward_model_dir=rm),
-                                   make_config("raft", config))
-            (out / "bench_metrics.json").write_text(json.dumps(metrics, default=str))
-            stamp.write_text(json.dumps(config))
-        row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
-               **{k: metrics.get(k) for k in ("kept", "kept_closed", "eos_fraction", "steps", "loop_check_kept_epoch",
-                                              "loop_check_degenerate_last", "loop_check_degenerate_kept",
-                                              "repair")},
-               **judge(out, evals, base, args.preference),
-               "kl_to_v0": round(kl_between(out, v0, [item(p) for p in evals[:48]], max_new_tokens=MAX_NEW, n_samples=2), 3)}
+            t = time.time()
+            config = {**json.loads(overrides or "{}"), "show_progress_bar": False, "device": "cpu"}
+            stamp = out / "bench_config.json"       # a candidate trained with these overrides is judged again, not retrained
+            if stamp.exists() and json.loads(stamp.read_text()) == config:
+                metrics = json.loads((out / "bench_metrics.json").read_text())
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                metrics = train_policy("raft", PolicyJob(v0, v0, out, prompts=[item(p) for p in train], reward_model_dir=rm),
+                                       make_config("raft", config))
+                (out / "bench_metrics.json").write_text(json.dumps(metrics, default=str))
+                stamp.write_text(json.dumps(config))
+            row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
+                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "eos_fraction", "steps", "loop_check_kept_epoch",
+                                                  "loop_check_degenerate_last", "loop_check_degenerate_kept",
+                                                  "repair")}}
+        row.update(**judge(out, evals, base, args.preference),
+                   kl_to_v0=round(kl_between(out, v0, [item(p) for p in evals[:48]], max_new_tokens=MAX_NEW, n_samples=2), 3))
         result["variants"][name] = row
         print(name, json.dumps(row), flush=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -47,8 +47,8 @@ def interpolate_(params: Sequence[torch.Tensor], start: Sequence[torch.Tensor], 
 def next_alpha(alpha: float, kl: float, limit: float, start_kl: float | None) -> float:
     """The next, smaller alpha after `kl` at `alpha` was over `limit` (module docstring): the secant
     from (0, start_kl) through (alpha, kl) to the limit, within [alpha/8, 0.9 alpha], rounded to 3
-    decimals; alpha/2 when start_kl is None or not below the limit."""
-    if start_kl is None or start_kl >= limit or kl <= start_kl:
+    decimals; alpha/2 when start_kl is None or not below the limit (so kl > limit > start_kl below)."""
+    if start_kl is None or start_kl >= limit:
         return alpha / 2
     line = alpha * (limit - start_kl) / (kl - start_kl)
     return round(min(0.9 * alpha, max(alpha / 8, line)), 3)

@@ -1,6 +1,7 @@
 """RAFT's KL brake (trainer/kl_brake.py): alpha shrinks (a secant step from the served version's KL,
-else halving) until the estimated KL to the anchor is within the limit (the last tried is kept), the weights are interpolated between the served and the trained
-ones, and a real RAFT run on the tiny model publishes exactly that interpolation."""
+else halving) until the estimated KL to the anchor is within the limit (the last tried is kept), the
+weights are interpolated between the served and the trained ones, and a real RAFT run on the tiny
+model publishes exactly that interpolation."""
 import torch
 
 from tests.helpers.models import shifted_copy
