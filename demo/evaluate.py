@@ -113,6 +113,8 @@ def metadata_columns(meta: dict, reward_models: ModelRegistry | None = None) -> 
         "reward_model": meta.get("reward_model") or meta.get("judge_reward_model"),
         "kl_to_anchor": meta.get("kl_to_anchor"),
         "rm_accuracy": (metrics.get("reward_model") or {}).get("heldout_accuracy"),
+        "rm_pooled_accuracy": (metrics.get("reward_model") or {}).get("pooled_heldout_accuracy"),
+        "rm_pooled_pairs": (metrics.get("reward_model") or {}).get("n_pooled_pairs"),
         "rm_length_correlation": rm_length_correlation(meta, reward_models),
         "feedback_used": (meta.get("data") or {}).get("votes_used"),
         "gate": None if not gate else ("pass" if gate.get("passed") else "fail: " + "; ".join(reasons)),

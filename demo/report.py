@@ -9,12 +9,22 @@ def _degenerate(row: dict) -> str:
     return "-" if n is None else f"{n}/{row.get('eval_prompts', '?')}"
 
 
+def _rm_accuracy(row: dict) -> str:
+    """Held-out pairs' accuracy, then (what the gate's "at chance" test reads where recorded) the
+    accuracy over every pair scored unseen: out-of-fold training pairs plus held-out ones, and their count."""
+    held, pooled = row.get("rm_accuracy"), row.get("rm_pooled_accuracy")
+    if held is None and pooled is None:
+        return "-"
+    out = "-" if held is None else f"{held:.0%}"
+    return out if pooled is None else f"{out} / {pooled:.0%} of {row.get('rm_pooled_pairs')}"
+
+
 # (title, row key, format string or a function of the whole row)
 COLUMNS = [("version", "version", "{}"), ("algorithm", "algorithm", "{}"), ("win vs v0", "win_rate_vs_v0", "{:.0%}"),
            ("hidden score", "hidden_score", "{:+.3f}"), ("words", "mean_words", "{:.1f}"),
            ("degenerate", "degenerate_count", _degenerate),
            ("KL to v0", "kl_to_v0", "{:.3f}"), ("KL to anchor", "kl_to_anchor", "{:.3f}"),
-           ("RM acc", "rm_accuracy", "{:.0%}"), ("RM–length corr", "rm_length_correlation", "{:+.2f}"),
+           ("RM acc held-out / pooled", "rm_accuracy", _rm_accuracy), ("RM–length corr", "rm_length_correlation", "{:+.2f}"),
            ("feedback used", "feedback_used", "{}"), ("gate", "gate", "{}")]
 
 

@@ -134,6 +134,14 @@ def greedy_answers(model_dir: str | Path, prompts: list[PromptItem], max_new_tok
     return [known[k][0] for k in keys], [bool(known[k][1]) for k in keys]
 
 
+def rm_gate_accuracy(rm_metrics: dict) -> float | None:
+    """The RM accuracy the gate's "at chance" test reads: on every pair a fit scored without having
+    seen its prompt (`pooled_heldout_accuracy`: cross-validation's out-of-fold pairs plus the held-out
+    pairs, the embedding RM's) where recorded, else the held-out pairs' accuracy alone."""
+    pooled = rm_metrics.get("pooled_heldout_accuracy")
+    return pooled if pooled is not None else rm_metrics.get("heldout_accuracy")
+
+
 def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptItem], settings: Settings,
              judges: Sequence[Path] = (), own_rm: Path | None = None, own_rm_accuracy: float | None = None,
              eval_pairs: list | None = None) -> dict:

@@ -185,7 +185,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
         stats["gate_prompts_not_heldout"] = True
     gate = run_gate(policy_work, served_dir, reg.path(anchor), gate_prompts, settings,
                     judges=judge_reward_models(settings, exclude=rm_id if trained_against else None),
-                    own_rm=own_rm, own_rm_accuracy=rm_metrics.get("heldout_accuracy") if trained_against else None,
+                    own_rm=own_rm, own_rm_accuracy=rm_gate_accuracy(rm_metrics) if trained_against else None,
                     eval_pairs=sets.eval_pairs)
 
     status.step("publish", gate=gate)

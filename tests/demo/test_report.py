@@ -137,3 +137,10 @@ def test_evaluate_versions_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir
     quick = evaluate.evaluate_versions(pol, PROMPTS[:2], 8, with_kl=False)
     assert [r["kl_to_v0"] for r in quick] == [None, None]
     assert [r["win_rate_vs_v0"] for r in quick] == [r["win_rate_vs_v0"] for r in rows]
+
+
+def test_rm_accuracy_cell_shows_held_out_then_pooled_with_its_count():
+    assert report._rm_accuracy({"rm_accuracy": 7 / 13, "rm_pooled_accuracy": 0.727, "rm_pooled_pairs": 55}) == \
+        "54% / 73% of 55"
+    assert report._rm_accuracy({"rm_accuracy": 0.6}) == "60%"          # a transformer RM: no pooled estimate
+    assert report._rm_accuracy({"rm_accuracy": None}) == "-"

@@ -134,6 +134,19 @@ def test_learns_the_taste_on_unseen_prompts_even_against_length(embedding_rm):
     assert metrics["length_weight"] is not None            # the training-only length covariate was fitted
     assert math.isfinite(metrics["length_correlation"]) and metrics["length_correlation_on"] == "heldout"
     assert metrics["l2"] in RMConfig().embedding_l2_grid and len(metrics["cv_losses"]) == len(RMConfig().embedding_l2_grid)
+    # every training pair was also scored out of fold (by a fit that never saw its prompt), and the
+    # pooled accuracy weighs those and the held-out pairs by their counts
+    n_held = len(heldout)
+    assert metrics["n_pooled_pairs"] == 38 + n_held and 0.0 <= metrics["cv_accuracy"] <= 1.0
+    assert metrics["pooled_heldout_accuracy"] == pytest.approx(
+        (metrics["cv_accuracy"] * 38 + metrics["heldout_accuracy"] * n_held) / (38 + n_held))
+
+
+def test_pooled_accuracy_counts_every_pair_once():
+    assert er.pooled_accuracy(30, 40, 7, 13) == pytest.approx(37 / 53)
+    assert er.pooled_accuracy(None, 40, 7, 13) == pytest.approx(7 / 13)   # no cross-validation ran
+    assert er.pooled_accuracy(30, 40, None, 0) == pytest.approx(30 / 40)  # no held-out pairs
+    assert er.pooled_accuracy(None, 0, None, 0) is None
 
 
 def test_loads_through_reward_model_and_scores_like_training(embedding_rm):

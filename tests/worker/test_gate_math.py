@@ -5,7 +5,7 @@ import random
 import pytest
 
 from trainer.data import PromptItem
-from worker.gate import (agreement_drop_upper_bound, gate_prompt_set, load_gate_prompts,
+from worker.gate import (agreement_drop_upper_bound, gate_prompt_set, load_gate_prompts, rm_gate_accuracy,
                          paired_bootstrap_lower_bound)
 
 
@@ -67,3 +67,10 @@ def test_gate_prompt_set_file_and_order(tmp_path):
         f.write_text(bad)
         with pytest.raises(ValueError):
             load_gate_prompts(f)
+
+
+def test_rm_accuracy_for_the_gate_prefers_the_pooled_estimate():
+    # round 1 of session 22: 7 of 13 held-out votes (0.54, "at chance") but 0.73 over 55 pairs scored unseen
+    assert rm_gate_accuracy({"heldout_accuracy": 7 / 13, "pooled_heldout_accuracy": 40 / 55}) == pytest.approx(40 / 55)
+    assert rm_gate_accuracy({"heldout_accuracy": 0.6, "pooled_heldout_accuracy": None}) == 0.6  # transformer RM
+    assert rm_gate_accuracy({}) is None
