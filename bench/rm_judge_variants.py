@@ -142,6 +142,7 @@ def main() -> None:
                 judged = [judge_row(rm, c) for c in comps]
             row = {"round": k, "variant": name, "pairs": len(sets.pairs), "rated": len(sets.rated),
                    "heldout_pairs": len(sets.eval_pairs), "vote_accuracy": metrics.get("heldout_accuracy"),
+                   "pooled_vote_accuracy": metrics.get("pooled_heldout_accuracy"),
                    "truth_accuracy": acc, "truth_pairs": n_truth, "l2": metrics.get("l2"),
                    "length_correlation": metrics.get("length_correlation"),
                    "mean_judge_correlation": round(statistics.mean(

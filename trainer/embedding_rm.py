@@ -19,7 +19,9 @@ Features of one (prompt, answer, finished), all frozen:
   of the words seen in >= `embedding_vocab_min_df` training answers it uses (`embedding_vocab`), what
   a mean-pooled embedding averages away (at 200 pairs on unseen prompts: truth accuracy .55-.69 ->
   .72-.84, bench/results/rm_surface_s14*.json).
-The head is linear on standardised features: r = w·x. Trained with the same Bradley–Terry and
+The head is linear on standardised features: r = w·x, where the few features whose direction no user
+reverses keep it (`SIGN_PRIORS`, `embedding_sign_priors`: looping never adds reward, finishing never
+costs it). Trained with the same Bradley–Terry and
 thumbs losses as the transformer RM, plus an L2 penalty whose strength is chosen by K-fold
 cross-validation **grouped by prompt** (the held-out folds hold prompts the fit never saw: the
 generalisation asked of the RM). Length debias (`length_debias`): ODIN's idea in linear form — a
@@ -149,6 +151,30 @@ def fit_linear_reward(pair_x: tuple[torch.Tensor, torch.Tensor], pair_w: torch.T
     return w.detach().float(), b.detach().float()
 
 
+# Features whose direction is the same for every user (sign +1: never lowers the reward, -1: never
+# raises it). Why: on a few dozen pairs, a feature that grows with length picks up length's sign by
+# accident — session 22's first-round RM gave repeated bigrams a positive weight (+0.17), so as a gate
+# judge it preferred the served version's looping, cut-off answers to a candidate's finished ones
+# (per-prompt contribution correlated -0.65 with the hidden gain), and an RM like it rewards the
+# optimiser for loops. A looping answer is degenerate by the product's own definition
+# (common/degeneracy.py) and a cut-off one is worse than the same answer finished for any reader.
+SIGN_PRIORS = {"repeated_bigrams": -1, "finished": +1, "ends_sentence": +1}
+
+
+def sign_constrained_fit(fit, signs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit(keep)` -> (w, b) fitted with the features where keep is False held at 0. Refits, each time
+    fixing at 0 every constrained feature (signs != 0) whose weight came out the wrong way, until none
+    does: an active-set pass for a handful of sign constraints on a convex objective (each refit is the
+    optimum with those weights at the bound; a feature fixed once stays fixed)."""
+    keep = torch.ones(len(signs), dtype=torch.bool)
+    while True:
+        w, b = fit(keep)
+        wrong = (signs * w < 0) & keep
+        if not wrong.any():
+            return w, b
+        keep &= ~wrong
+
+
 def prompt_folds(groups: Sequence[str], k: int, seed: int) -> list[int]:
     """Fold index (0..k-1) per item, every item of one prompt in the same fold."""
     distinct = sorted(set(groups))
@@ -216,6 +242,17 @@ class LinearHead:
                    surface=bool(d.get("surface")), vocab=vocab)
 
 
+def feature_signs(n_pca: int, config: RMConfig, width: int) -> torch.Tensor:
+    """Per feature column (PCA, prompt cosine, finished, surface, words, length): the SIGN_PRIORS
+    direction it must keep, 0 where free (everything when `embedding_sign_priors` is off)."""
+    signs = torch.zeros(width)
+    if config.embedding_sign_priors:
+        names = ["prompt_cosine", "finished"] + (list(SURFACE_NAMES) if config.embedding_surface else [])
+        for i, name in enumerate(names):
+            signs[n_pca + i] = SIGN_PRIORS.get(name, 0)
+    return signs
+
+
 def _fit_head(data: _Data, pair_idx: torch.Tensor, rated_idx: torch.Tensor, config: RMConfig, l2: float) -> LinearHead:
     """Fit on the given pairs/thumbs only: PCA and standardisation from their answers too (no peeking)."""
     rows = torch.cat([data.chosen[pair_idx], data.rejected[pair_idx], data.rated[rated_idx]])
@@ -232,9 +269,14 @@ def _fit_head(data: _Data, pair_idx: torch.Tensor, rated_idx: torch.Tensor, conf
         start = raw.shape[1] - len(vocab.words) - (1 if config.length_debias else 0)
         std[start:start + len(vocab.words)] = 1.0
     x = (raw - mean) / std
-    w, b = fit_linear_reward((x[data.chosen[pair_idx]], x[data.rejected[pair_idx]]), data.pair_w[pair_idx],
-                             data.pair_margin[pair_idx], x[data.rated[rated_idx]], data.rated_sign[rated_idx],
-                             data.rated_w[rated_idx], l2, config.pointwise_coef)
+
+    def fit(keep: torch.Tensor):
+        xk = x * keep  # a feature held at 0 contributes nothing, whatever its weight
+        w, b = fit_linear_reward((xk[data.chosen[pair_idx]], xk[data.rejected[pair_idx]]), data.pair_w[pair_idx],
+                                 data.pair_margin[pair_idx], xk[data.rated[rated_idx]], data.rated_sign[rated_idx],
+                                 data.rated_w[rated_idx], l2, config.pointwise_coef)
+        return w * keep, b
+    w, b = sign_constrained_fit(fit, feature_signs(pca_dirs.shape[1], config, x.shape[1]))
     text = {"surface": config.embedding_surface, "vocab": vocab}
     if config.length_debias:
         return LinearHead(pca_mean, pca_dirs, mean[:-1], std[:-1], w[:-1], b, length_weight=w[-1], **text)

@@ -35,6 +35,38 @@ def test_fit_symmetric_pairs_learn_nothing_and_margin_and_weight_count():
     assert torch.sigmoid(2.0 - wm).item() == pytest.approx(2 * 0.25 * wm.item(), abs=1e-5)  # -log σ(w - margin)
 
 
+def test_sign_constrained_fit_holds_a_wrong_way_weight_at_zero():
+    # feature 0 predicts the votes; feature 1 (say, repeated bigrams, sign -1) is positively associated
+    # with the chosen answers in this sample: unconstrained it gets a positive weight, constrained 0
+    xc = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    xr = torch.zeros(3, 2)
+    args = (torch.ones(3), torch.zeros(3), torch.zeros(0, 2), torch.zeros(0), torch.zeros(0))
+    calls = []
+
+    def fit(keep):
+        calls.append(keep.clone())
+        w, b = er.fit_linear_reward((xc * keep, xr * keep), *args, l2=0.1, pointwise_coef=0.5)
+        return w * keep, b
+    free, _ = fit(torch.ones(2, dtype=torch.bool))
+    assert free[1].item() > 0.1
+    w, _ = er.sign_constrained_fit(fit, torch.tensor([0.0, -1.0]))
+    assert w[1].item() == 0.0 and w[0].item() > free[0].item()  # feature 0 takes over what 1 explained
+    assert calls[-1].tolist() == [True, False]
+    calls.clear()
+    w_ok, _ = er.sign_constrained_fit(fit, torch.tensor([0.0, +1.0]))  # the sign it has anyway: one fit
+    assert len(calls) == 1 and w_ok[1].item() == pytest.approx(free[1].item())
+
+
+def test_feature_signs_name_the_columns_the_priors_constrain():
+    config = RMConfig(kind="embedding", embedding_sign_priors=True)
+    n_pca, width = 4, 4 + 2 + len(er.SURFACE_NAMES) + 10
+    signs = er.feature_signs(n_pca, config, width)
+    names = ["prompt_cosine", "finished"] + list(er.SURFACE_NAMES)
+    assert {names[i - n_pca]: signs[i].item() for i in signs.nonzero().squeeze(-1).tolist()} == \
+        {"finished": 1.0, "repeated_bigrams": -1.0, "ends_sentence": 1.0}
+    assert not er.feature_signs(n_pca, RMConfig(kind="embedding", embedding_sign_priors=False), width).any()
+
+
 def test_fit_thumbs_only_uses_the_bias():
     # every answer thumbed up, feature uninformative (all 0): only b can fit, and it goes positive
     w, b = er.fit_linear_reward((torch.zeros(0, 1), torch.zeros(0, 1)), torch.zeros(0), torch.zeros(0),
@@ -132,6 +164,8 @@ def test_learns_the_taste_on_unseen_prompts_even_against_length(embedding_rm):
     assert metrics["train_accuracy"] == 1.0
     assert metrics["heldout_accuracy"] >= 0.85, metrics   # on-topic AND longer wins on new prompts
     assert metrics["length_weight"] is not None            # the training-only length covariate was fitted
+    fw = metrics["feature_weights"]                        # the sign priors hold (on by default)
+    assert fw["repeated_bigrams"] <= 0 and fw["finished"] >= 0 and fw["ends_sentence"] >= 0
     assert math.isfinite(metrics["length_correlation"]) and metrics["length_correlation_on"] == "heldout"
     assert metrics["l2"] in RMConfig().embedding_l2_grid and len(metrics["cv_losses"]) == len(RMConfig().embedding_l2_grid)
     # every training pair was also scored out of fold (by a fit that never saw its prompt), and the
