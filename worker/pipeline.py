@@ -111,7 +111,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
                client: redis.Redis, status: StatusWriter, fence) -> dict:
     from trainer import algorithms
     from trainer.data import write_jsonl
-    from worker.gate import gate_prompt_set, load_gate_prompts, run_gate
+    from worker.gate import gate_prompt_set, load_gate_prompts, rm_gate_accuracy, run_gate
     from worker.training import (judge_reward_models, policy_config, remove_work, scalars,
                                  train_policy_step, train_reward_model_step)
 
