@@ -28,12 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result  # noqa: E402
-
-
-def correlation(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
-        return None
-    return round(statistics.correlation(xs, ys), 3)
+from bench.gate_judges_replay import correlation  # noqa: E402
 
 
 def round_sets(settings, snapshot_files: list[Path], gate_texts: set[str]):

@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     """Train (and publish) a reward model every run even when the algorithm needs none (dpo, kto):
     it judges this run's candidate, which was never optimised against it, and later ones."""
     gate_min_rm_accuracy: float = 0.55
-    """A candidate optimised against an RM whose held-out pair accuracy is not above this is refused."""
+    """A candidate optimised against an RM whose accuracy on pairs of prompts it never saw (the embedding RM's
+    out-of-fold plus held-out pairs; else the held-out pairs) is not above this is refused."""
     gate_max_degenerate: int = 0
     """Degenerate answers (common/degeneracy.py) allowed among the candidate's gate answers."""
     gate_max_kl: float = 10.0

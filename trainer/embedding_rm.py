@@ -320,7 +320,7 @@ def choose_l2(data: _Data, config: RMConfig) -> tuple[float, dict, int | None]:
 
 def pooled_accuracy(oof_hits: int | None, n_oof: int, heldout_hits: int | None, n_heldout: int) -> float | None:
     """Pair accuracy on every pair scored by a fit that never saw its prompt: the cross-validation's
-    out-of-fold pairs plus the held-out pairs. Why: a round's held-out set is 9-17 pairs, where the
+    out-of-fold pairs plus the held-out pairs. Why: a round's held-out set is 9-26 pairs, where the
     accuracy's standard error is ~0.13 — session 22's first round had an RM at 0.54 on 13 held-out
     votes (refused as "at chance") that ordered 92% of those pairs the hidden preference's way; the
     out-of-fold pairs add four times the evidence for the same question (does this procedure

@@ -11,8 +11,9 @@ candidate, served and anchor, it refuses on, each reason recorded in the version
   Per-prompt gains (normalised scores, averaged over judges) must have a paired-bootstrap 95%
   lower bound above `gate_min_rm_gain`. Only when no other RM exists yet (the first RM-based
   round) does its own RM judge, and the metrics say so;
-- a reward model at chance: an RM-trained candidate whose RM's held-out pair accuracy is not
-  above `gate_min_rm_accuracy`;
+- a reward model at chance: an RM-trained candidate whose RM's accuracy on pairs of prompts it
+  never saw (`rm_gate_accuracy`: out-of-fold plus held-out pairs where recorded) is not above
+  `gate_min_rm_accuracy`;
 - drift: KL to the served version above `gate_max_kl` (one round) or to the anchor above
   `kl_budget` (all rounds);
 - less agreement with held-out human pairs than the served version (implicit preference
@@ -196,7 +197,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     if own_rm is not None and own_rm_accuracy is not None:
         metrics["own_rm_accuracy"] = own_rm_accuracy
         if not own_rm_accuracy > settings.gate_min_rm_accuracy:
-            reasons.append(f"trained against a reward model at chance (held-out accuracy "
+            reasons.append(f"trained against a reward model at chance (accuracy on unseen prompts' pairs "
                            f"{own_rm_accuracy:.2f} <= {settings.gate_min_rm_accuracy})")
 
     # 3. drift, per round and from the anchor
