@@ -75,7 +75,10 @@ class RMConfig:
                                       # on session 22's formal_expert feedback per round and scored against the
                                       # hidden preference on that run's 3 gate comparisons (bench/rm_judge_variants.py):
                                       # per-prompt gain correlation -0.10/-0.07/+0.27 without, +0.19/+0.13/+0.42 with;
-                                      # leaving the length covariate out of the L2 as well: +0.16/+0.11/+0.42 (not kept)
+                                      # leaving the length covariate out of the L2 as well: +0.16/+0.11/+0.42 (not kept).
+                                      # On pairs of v0's samples (bench_rm_efficiency, 200 pairs, unseen prompts) they
+                                      # never bind: truth accuracy .826/.736/.758/.750 either way (balanced /
+                                      # formal_expert / concise_warm / unwritten; rm_sign_priors_s22.json)
     trunk_cache: bool = True          # with trainable_layers, run the frozen lower blocks once per text and keep their
                                       # output (trainer/trunk_cache.py): later epochs and the final scoring pass run the
                                       # top blocks alone. Same scores (checked on the run's first texts, else off)
