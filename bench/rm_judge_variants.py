@@ -40,7 +40,9 @@ def round_sets(settings, snapshot_files: list[Path], gate_texts: set[str]):
             (Path(tmp) / f.name).symlink_to(f.resolve())
         records = load_snapshots(Path(tmp))
     # every record counts as new: the embedding RM refits on all feedback (nothing is warm-started)
-    sets = build_training_sets(records, {f"v{i}" for i in range(100)}, settings.max_rater_share,
+    from common.registry import ModelRegistry
+    known = set(ModelRegistry(settings.models_dir).versions())
+    sets = build_training_sets(records, known, settings.max_rater_share,
                                settings.heldout_fraction, is_new=lambda rec: True, **key_cap_args(settings))
     hold_out_texts(sets, gate_texts)
     return sets

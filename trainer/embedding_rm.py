@@ -206,6 +206,11 @@ class _Data:
         self.rated_prompt = [self.prompts[i] for i in self.rated.tolist()]
 
 
+def named_columns(surface: bool) -> list[str]:
+    """The named feature columns after the PCA block, in `raw_features` order (words, if any, follow)."""
+    return ["prompt_cosine", "finished"] + (list(SURFACE_NAMES) if surface else [])
+
+
 class LinearHead:
     """PCA basis + text-feature choice + standardisation + weights: everything scoring needs besides
     the encoder."""
@@ -227,8 +232,7 @@ class LinearHead:
 
     def weights_by_name(self) -> dict[str, float]:
         """The head's weight of each named (non-PCA) feature, for the RM's report."""
-        names = ["prompt_cosine", "finished"] + (list(SURFACE_NAMES) if self.surface else []) + \
-            ([f"word:{w}" for w in self.vocab.words] if self.vocab else [])
+        names = named_columns(self.surface) + ([f"word:{w}" for w in self.vocab.words] if self.vocab else [])
         return dict(zip(names, self.w[self.pca_dirs.shape[1]:].tolist()))
 
     def to_json(self) -> dict:
@@ -247,8 +251,7 @@ def feature_signs(n_pca: int, config: RMConfig, width: int) -> torch.Tensor:
     direction it must keep, 0 where free (everything when `embedding_sign_priors` is off)."""
     signs = torch.zeros(width)
     if config.embedding_sign_priors:
-        names = ["prompt_cosine", "finished"] + (list(SURFACE_NAMES) if config.embedding_surface else [])
-        for i, name in enumerate(names):
+        for i, name in enumerate(named_columns(config.embedding_surface)):
             signs[n_pca + i] = SIGN_PRIORS.get(name, 0)
     return signs
 
