@@ -217,7 +217,8 @@ class RAFTConfig(PolicyConfig):
                                       # began to loop ("They're so much more than just a species...")
     batch_size: int = 8               # kept answers per optimizer step
     micro_batch_size: int = 8         # answers per forward/backward
-    generation_batch_size: int = 32   # sequences per `generate` call (memory knob)
+    generation_batch_size: int = 64   # sequences per `generate` call (memory knob). Measured (SmolLM2, 2 cores,
+                                      # 64 sampled tokens): 0.57 s per answer at 32, 0.51 at 64, 0.50 at 96
     normalise_reward: bool = True     # use the RM's stored mean/std: (r - mean) / std
     reward_clip: float = 5.0          # clip the (normalised) score to [-reward_clip, reward_clip]
     missing_eos_penalty: float = 1.0  # subtracted from the score of answers cut off without EOS
@@ -242,11 +243,13 @@ class RAFTConfig(PolicyConfig):
     min_length_ratio: float = 0.15    # a kept answer has at least this share of the words of the prompt's median
                                       # sample: stricter than the gate's "far too short" (0.06 of the anchor's), so
                                       # no quip is taught (measured: a candidate answered "The storm.")
-    replay_max: int = 48              # kept answers of earlier rounds replayed once in this round's fine-tuning (a
+    replay_max: int = 32              # kept answers of earlier rounds replayed once in this round's fine-tuning (a
                                       # random subset of the served version's raft_kept.jsonl: what it and its
                                       # ancestors were taught); 0 = off. Llama 2's rejection-sampling rounds also
                                       # trained on the best samples of all earlier iterations, against regressions:
-                                      # a round taught only its own few dozen answers drifts on everything else
+                                      # a round taught only its own few dozen answers drifts on everything else.
+                                      # 32, not 48 (session 23): each 8 replayed answers add an optimizer step
+                                      # (~10-15 s with its unlikelihood and opening terms), and round 3 replayed 48
     replay_keep: int = 256            # kept answers a version's raft_kept.jsonl carries forward (newest first)
     start_from_anchor: bool = False   # sample from the served version, but fine-tune the *anchor* on this round's
                                       # kept answers plus all earlier rounds' (up to `anchor_replay_max`, every
@@ -302,7 +305,10 @@ class RAFTConfig(PolicyConfig):
                                       # at 2.0 or 5.0 alone, 0 fragments in 136 unseen prompts (4 at 0) but 3 loops
     opening_share: float = 0.15       # the opening: this share of a sample's tokens (RAFT's "far too short" bar is
                                       # 0.15 of the prompt's median sample)
-    opening_batch: int = 24           # sample openings in each step's term (cycled)
+    opening_batch: int = 12           # sample openings in each step's term (cycled). Why 12, not 24 (session 23):
+                                      # each 8 openings cost a forward/backward of ~2.4 s on the demo machine, as
+                                      # much per step as the kept answers' own; 12 still cycles through most of
+                                      # a round's samples over its 8-18 steps
     unlikelihood_ngram: int = 4       # a token belongs to a repeat when a token n-gram covering it occurred before
     unlikelihood_greedy: bool = True  # also decode the round's prompts greedily (what the gate and the report
                                       # see) to find loops, not only among the samples
@@ -335,6 +341,10 @@ class RAFTConfig(PolicyConfig):
     kl_brake_tries: int = 2           # smaller α tried at most after α = 1 (kl_brake.next_alpha); the last is kept even
                                       # if still over
     kl_brake_prompts: int = 32        # round prompts (one sampled answer each) per KL estimate
+    kl_brake_verify_secant: bool = False  # estimate the KL again at the α a secant step chose (True), or apply it and
+                                      # record the line's prediction (False; trainer/kl_brake.py). Why False: the
+                                      # re-estimate cost ~33 s in most braked rounds (a demo's rounds 2-3), the gate
+                                      # measures the KL to the anchor anyway, and the line held in every recorded round
 
 
 @dataclass

@@ -151,6 +151,19 @@ class PolicyRun:
         return result
 
 
+class PhaseClock:
+    """Seconds spent per named phase: `lap(name)` books the time since the previous lap (or since
+    the clock started) to `name`; phases that did not run book ~0."""
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.time()
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._last = now
+
+
 def log_step(name: str, stats: dict, total: int, history: list, bar, progress: Progress | None) -> None:
     """Record one optimizer step: history (-> metrics.jsonl), the tqdm bar, the progress callback."""
     history.append(stats)

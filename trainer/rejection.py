@@ -61,7 +61,7 @@ from trainer.device import autocast
 from trainer.kl_brake import apply_brake
 from trainer.modeling import load_causal_lm
 from trainer.online import OnlineRun
-from trainer.policy_base import PolicyJob, Progress, log_step
+from trainer.policy_base import PhaseClock, PolicyJob, Progress, log_step
 from trainer.raft_repair import degenerate_greedy_answers, greedy_answers, marked_unlikelihood, repair_degenerate
 
 KEPT_FILE = "raft_kept.jsonl"   # in a RAFT version's folder: the answers it (and its ancestors) learned
@@ -117,6 +117,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # 1. sample and rank (no grad): k answers per prompt, plus (close_cut_answers) a candidate closed
     # at its last full sentence for each cut-off one; grouped by prompt, m candidates each
     k = config.k
+    clock = PhaseClock()        # seconds per phase, in the version's metadata: where a round's time goes
     prompts, responses, scores, raw, has_eos, made = sample_candidates(run, messages, config)
     m = len(responses) // len(messages)
     texts = run.tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -142,6 +143,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         "reward_raw": raw[samples].mean().item(), "kept_reward_raw": (raw[rows].mean().item() if rows else 0.0),
         "response_length": sum(len(r) for r, s in zip(responses, samples) if s) / int(samples.sum()),
         "kept_response_length": sum(len(responses[r]) for r in rows) / max(1, len(rows))}
+    clock.lap("sample_and_rank")
     if progress:
         progress("raft_sampled", 0, 0, sample_stats)
     if not rows:
@@ -158,6 +160,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     openings = [(prompts[i], list(responses[i][:math.ceil(config.opening_share * len(responses[i]))]))
                 for i in range(len(responses)) if samples[i]] if config.opening_stop_weight > 0 else []
     rng.shuffle(openings)
+    clock.lap("find_loops")
 
     # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included) and one pass over
     # the replayed answers of earlier rounds, plus the unlikelihood of the looping tokens
@@ -207,6 +210,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         if config.loop_check and step < len(batches) and batches[step][0] != epoch:
             snapshots.append({k: v.detach().clone() for k, v in run.actor.state_dict().items()})
     bar.close()
+    clock.lap("fine_tune")
     if config.loop_check:
         check = check_loops(run, messages, usual, snapshots, config)
         counts = check["degenerate_greedy"]
@@ -214,15 +218,19 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
                             loop_check_degenerate_last=counts[str(check["of_epochs"])],
                             loop_check_degenerate_kept=counts[str(check["kept_epoch"])],
                             loop_check_seconds=check["seconds"])
+    clock.lap("loop_check")
     if config.repair_rounds and (not config.loop_check or sample_stats["loop_check_degenerate_kept"]):
         repair = repair_degenerate(run, messages, usual, [(prompts[r], responses[r]) for r in rows], config, rng)
         sample_stats.update(repair=repair, repair_degenerate_before=repair["degenerate"][0],
                             repair_degenerate_after=repair["degenerate"][repair["kept_round"]],
                             repair_seconds=repair["seconds"])
+    clock.lap("repair")
     if brake:
         held = apply_brake(run, messages, start, config.kl_brake_share * job.kl_budget, config, job.served_kl_to_anchor)
         sample_stats.update(kl_brake=held, kl_brake_alpha=held["alpha"],     # flat: version metadata
-                            kl_brake_estimate=held["estimates"][str(held["alpha"])], kl_brake_seconds=held["seconds"])
+                            kl_brake_estimate=held["kl"], kl_brake_seconds=held["seconds"])
+    clock.lap("kl_brake")
+    sample_stats["phase_seconds"] = clock.seconds
     taught = [{"prompt_ids": list(prompts[r]), "response_ids": list(responses[r]),
                "prompt": user_text(messages[r // m]), "answer": texts[r], "closed": bool(made[r])} for r in rows]
     keep = (taught + earlier)[: config.replay_keep]

@@ -149,7 +149,9 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     """judges: independent RMs (newest first); own_rm: the RM the candidate was optimised against
     (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy."""
     from trainer.evaluate import LOGPROBS_FILE, check_finite, implicit_preference_agreements, kl_to_references
+    from trainer.policy_base import PhaseClock
 
+    clock = PhaseClock()        # seconds per check, in the metrics: where the gate's time goes
     reasons: list[str] = []
     metrics: dict = {}
     bad = check_finite(candidate)
@@ -163,6 +165,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     new, new_done = greedy_answers(candidate, prompts, n, Path(candidate) / ANSWERS_FILE)
     old, old_done = greedy_answers(served, prompts, n, answers_cache(settings, served))
     base = old if Path(served) == Path(anchor) else greedy_answers(anchor, prompts, n, answers_cache(settings, anchor))[0]
+    clock.lap("greedy_answers")
     metrics.update(gate_prompts=len(prompts), probe_answer=new[0],
                    finished_share=sum(new_done) / len(new), finished_share_served=sum(old_done) / len(old))
 
@@ -200,6 +203,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
             reasons.append(f"trained against a reward model at chance (accuracy on unseen prompts' pairs "
                            f"{own_rm_accuracy:.2f} <= {settings.gate_min_rm_accuracy})")
 
+    clock.lap("judges")
     # 3. drift, per round and from the anchor
     kls = kl_to_references(candidate, {"served": served, "anchor": anchor}, prompts[1:] or prompts,
                            max_new_tokens=n, n_samples=2)
@@ -209,6 +213,7 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     if kls["anchor"] > settings.kl_budget:
         reasons.append(f"KL to anchor {kls['anchor']:.3f} > budget {settings.kl_budget}")
 
+    clock.lap("kl")
     # 4. agreement with held-out human pairs
     if eval_pairs and len(eval_pairs) >= settings.gate_min_pref_pairs:
         records = {str(served): logprobs_cache(settings, served), str(anchor): logprobs_cache(settings, anchor),
@@ -223,6 +228,8 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
             reasons.append(f"agrees less with held-out human pairs than the served version "
                            f"({acc['candidate']:.2f} vs {acc['served']:.2f}; 95% upper bound of the "
                            f"paired difference {upper:+.2f} < -{settings.gate_max_pref_drop})")
+    clock.lap("preference_pairs")
+    metrics["seconds"] = clock.seconds
     return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
 
 

@@ -15,11 +15,13 @@ from trainer.rejection import run_raft
 
 def test_alpha_halves_until_the_kl_is_within_the_limit():
     kl = lambda a: 10 * a * a                    # noqa: E731  (KL grows ~quadratically with the step)
-    assert brake_alphas(kl, limit=3.0, tries=2) == (0.5, {1.0: 10.0, 0.5: 2.5})
-    assert brake_alphas(kl, limit=20.0, tries=2) == (1.0, {1.0: 10.0})           # within: untouched
+    assert brake_alphas(kl, limit=3.0, tries=2) == (0.5, {1.0: 10.0, 0.5: 2.5}, {})
+    assert brake_alphas(kl, limit=20.0, tries=2) == (1.0, {1.0: 10.0}, {})           # within: untouched
     # never within: the last (smallest) alpha tried is kept, after `tries` halvings
-    assert brake_alphas(kl, limit=0.1, tries=2) == (0.25, {1.0: 10.0, 0.5: 2.5, 0.25: 0.625})
-    assert brake_alphas(kl, limit=0.1, tries=0) == (1.0, {1.0: 10.0})
+    assert brake_alphas(kl, limit=0.1, tries=2) == (0.25, {1.0: 10.0, 0.5: 2.5, 0.25: 0.625}, {})
+    assert brake_alphas(kl, limit=0.1, tries=0) == (1.0, {1.0: 10.0}, {})
+    # unknown start: no line to trust, so even with `settle` every alpha is estimated
+    assert brake_alphas(kl, limit=3.0, tries=2, settle=lambda a: None) == (0.5, {1.0: 10.0, 0.5: 2.5}, {})
 
 
 def test_next_alpha_is_where_the_line_from_the_start_meets_the_limit():
@@ -39,13 +41,30 @@ def test_next_alpha_is_where_the_line_from_the_start_meets_the_limit():
 def test_brake_with_a_known_start_takes_secant_steps():
     kl = lambda a: 2.0 + 8.0 * a           # noqa: E731  (linear from the served version's 2.0)
     # one step lands on the limit: (6 - 2) / (10 - 2) = 0.5, estimated 6.0 <= 6
-    assert brake_alphas(kl, limit=6.0, tries=2, start_kl=2.0) == (0.5, {1.0: 10.0, 0.5: 6.0})
+    assert brake_alphas(kl, limit=6.0, tries=2, start_kl=2.0) == (0.5, {1.0: 10.0, 0.5: 6.0}, {})
     convex = lambda a: 2.0 + 8.0 * a * a   # noqa: E731  (the line errs on the safe side)
-    assert brake_alphas(convex, limit=4.0, tries=2, start_kl=2.0) == (0.25, {1.0: 10.0, 0.25: 2.5})
+    assert brake_alphas(convex, limit=4.0, tries=2, start_kl=2.0) == (0.25, {1.0: 10.0, 0.25: 2.5}, {})
     assert brake_alphas(convex, limit=2.1, tries=1, start_kl=2.0)[0] == 0.125   # floor 1/8, last kept
     concave = lambda a: 2.0 + 8.0 * a ** 0.5   # noqa: E731  (the line overshoots: a second secant step)
-    alpha, seen = brake_alphas(concave, limit=4.0, tries=2, start_kl=2.0)
+    alpha, seen, _ = brake_alphas(concave, limit=4.0, tries=2, start_kl=2.0)
     assert list(seen) == [1.0, 0.25, 0.125] and alpha == 0.125    # 0.25 read 6.0; 0.25 * 2 / 4 = 0.125
+
+
+def test_a_settled_secant_step_is_applied_without_a_second_estimate():
+    kl = lambda a: 2.0 + 8.0 * a           # noqa: E731
+    estimated, settled = [], []
+
+    def estimate(a):
+        estimated.append(a)
+        return kl(a)
+    # (6 - 2) / (10 - 2) = 0.5: the line predicts exactly the limit there; settled, not estimated
+    assert brake_alphas(estimate, limit=6.0, tries=2, start_kl=2.0, settle=settled.append) == (0.5, {1.0: 10.0}, {0.5: 6.0})
+    assert estimated == [1.0] and settled == [0.5]
+    # capped at 0.9 alpha: the line predicts 2 + 0.9 * 8 = 9.2 <= 9.5
+    assert brake_alphas(kl, limit=9.5, tries=2, start_kl=2.0, settle=lambda a: None) == (0.9, {1.0: 10.0}, {0.9: 9.2})
+    # floored at alpha / 8, the line predicts 2 + 8 / 8 = 3.0 > 2.1: that alpha is estimated after all
+    alpha, seen, predicted = brake_alphas(kl, limit=2.1, tries=1, start_kl=2.0, settle=lambda a: None)
+    assert alpha == 0.125 and list(seen) == [1.0, 0.125] and predicted == {}
 
 
 def test_interpolation_moves_each_weight_alpha_of_the_way():
@@ -76,6 +95,10 @@ def test_raft_publishes_the_braked_interpolation(tiny_model_dir, trained_rm, tmp
     assert held["kl_brake_alpha"] == 0.25 and list(held["kl_brake"]["estimates"]) == ["1.0", "0.5", "0.25"]
     assert held["kl_brake"]["limit"] == 0.9 * 1e-6 and held["kl_brake"]["prompts"] == 3
     assert held["kl_brake"]["start_kl"] is None         # the job did not say: alpha halves
+    assert held["kl_brake_estimate"] == held["kl_brake"]["estimates"]["0.25"] and held["kl_brake"]["predicted"] == {}
+    # where the round's time went, per phase (version metadata)
+    assert list(held["phase_seconds"]) == ["sample_and_rank", "find_loops", "fine_tune", "loop_check", "repair", "kl_brake"]
+    assert all(v >= 0 for v in held["phase_seconds"].values())
     s, f, h = (load_causal_lm(d).state_dict() for d in (served, tmp_path / "free", tmp_path / "held"))
     moved = [k for k in s if not torch.equal(s[k], f[k])]
     assert moved                                        # training moved the weights

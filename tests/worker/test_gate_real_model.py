@@ -75,4 +75,6 @@ def test_hacked_one_word_candidate_is_refused(setup, smollm2_dir):
     assert gate["metrics"]["degenerate_answers"] >= 4, gate["metrics"]
     assert any("degenerate answers" in r for r in gate["reasons"]), gate["reasons"]
     assert any("far too short" in e["reasons"][0] for e in gate["metrics"]["degenerate_examples"])
+    # where the gate's time went, per check
+    assert list(gate["metrics"]["seconds"]) == ["greedy_answers", "judges", "kl", "preference_pairs"]
 
