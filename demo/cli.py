@@ -28,6 +28,8 @@ class Preset:
     policy: dict = field(default_factory=dict)   # overrides of the selected algorithm's config
     round_timeout_s: float = 2400  # a hang guard, not a budget: slow machines just take longer
     gate_prompts: int = 32         # gate prompts per round (held-out live ones, then the demo's gate set)
+    gate_degeneracy_prompts: int = 64  # more of the demo's gate set checked for degenerate answers only
+                                       # (Settings.gate_degeneracy_prompts): prompts/"gate_extra"
 
 
 # CPU budgets for 2 cores and SmolLM2-135M: RM and PPO train only the top 6 blocks (the
@@ -37,7 +39,8 @@ PRESETS = {
                     eval_prompts=12, ppo={"steps": 3, "batch_size": 8, "mini_batch_size": 4,
                                           "max_new_tokens": 40, "lr": 3e-5},
                     rm={"epochs": 2, "batch_size": 8, "lr": 3e-5}, algorithm="dpo",
-                    policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}, round_timeout_s=1800, gate_prompts=16),
+                    policy={"lr": 1.5e-4, "beta": 0.25, "epochs": 3}, round_timeout_s=1800, gate_prompts=16,
+                    gate_degeneracy_prompts=0),
     # Users get up to 64 tokens (answers' natural lengths vary, so clicks carry signal); PPO
     # rolls out 48 tokens, where an answer without EOS pays missing_eos_penalty. Measured: lr 3e-5
     # with β 0.05 moved too little (3 rounds: KL 1.6, 67%); lr 1e-4 collapsed to ~9-word answers
@@ -135,7 +138,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
     # The operator's fixed gate set: held-out prompts the final table does not score (users never
     # ask held-out prompts, and the table's own prompts must not pick the versions it then scores).
     gate_file = out / "gate_prompts.json"
-    gate_file.write_text(json.dumps(prompts["heldout"][preset.eval_prompts:]))
+    gate_file.write_text(json.dumps(prompts["heldout"][preset.eval_prompts:] + prompts["gate_extra"]))
     port = free_port()
     os.environ["RLHF_KEY_PREFIX"] = f"demo{int(time.time())}"  # isolates this run in a shared Redis
     env = {**os.environ,
@@ -146,6 +149,7 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
            "RLHF_ALGORITHM": preset.algorithm or base.algorithm,
            "RLHF_ALGORITHM_OVERRIDES": json.dumps(preset.policy),
            "RLHF_GATE_EVAL_PROMPTS": str(preset.gate_prompts), "RLHF_GATE_PROMPTS_FILE": str(gate_file),
+           "RLHF_GATE_DEGENERACY_PROMPTS": str(preset.gate_degeneracy_prompts),
            "RLHF_GATE_MAX_NEW_TOKENS": str(preset.max_tokens),
            "RLHF_MAX_MODEL_LEN": "1024", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            # Every core for training: users wait while the pipeline runs, so the server is idle then.

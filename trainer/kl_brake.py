@@ -85,8 +85,10 @@ def brake_alphas(estimate: Callable[[float], float], limit: float, tries: int,
             break
         new = next_alpha(alpha, seen[alpha], limit, start_kl)
         line = secant_prediction(alpha, seen[alpha], new, start_kl) if start_kl is not None and start_kl < limit else None
+        # next_alpha rounds to 3 decimals, which may put the line up to 0.0005 of the step over the limit
+        rounding = 0.0005 * (seen[alpha] - start_kl) / alpha if line is not None else 0.0
         alpha = new
-        if settle is not None and line is not None and line <= limit + 1e-9:
+        if settle is not None and line is not None and line <= limit + rounding + 1e-9:
             settle(alpha)
             predicted[alpha] = line
             break

@@ -50,7 +50,9 @@ def trim_response(tokens: Sequence[int], eos_ids: Sequence[int], pad_id: int) ->
 class HFGenerator:
     """Samples with `model.generate` on the live actor (shared module, so syncing is free)."""
 
-    def __init__(self, model: torch.nn.Module | None = None, batch_size: int = 32):
+    def __init__(self, model: torch.nn.Module | None = None, batch_size: int = 64):
+        # 64 sequences per `generate` call: measured (SmolLM2, 2 CPU cores, 64 sampled tokens) 0.57 s
+        # per answer at 32, 0.51 at 64, 0.50 at 96 (session 23)
         self.model, self.batch_size = model, batch_size
 
     def sync_weights(self, model: torch.nn.Module) -> None:

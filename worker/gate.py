@@ -5,7 +5,8 @@ candidate, served and anchor, it refuses on, each reason recorded in the version
 
 - non-finite weights;
 - any degenerate answer (common/degeneracy.py, against the anchor's answer to the same prompt;
-  the probe prompt is one of the prompts), more than `gate_max_degenerate` (default 0);
+  the probe prompt is one of the prompts), more than `gate_max_degenerate` (default 0) — on the judged
+  prompts and on up to `gate_degeneracy_prompts` more of the operator's set, checked for this alone;
 - no reward gain: judged by *independent* reward models — the newest published ones other than
   the RM this candidate was optimised against (an optimiser always "wins" against its own RM).
   Per-prompt gains (normalised scores, averaged over judges) must have a paired-bootstrap 95%
@@ -84,6 +85,19 @@ def gate_prompt_set(heldout: list[PromptItem], extra: list[PromptItem], limit: i
     return out[:limit]
 
 
+def degeneracy_prompt_set(judged: list[PromptItem], extra: list[PromptItem], limit: int) -> list[PromptItem]:
+    """The prompts checked for degenerate answers only (Settings.gate_degeneracy_prompts): the first
+    `limit` of the operator's set that are not among the judged gate prompts, without repeats."""
+    seen = {user_text(prompt_messages(p)) for p in judged}
+    out = []
+    for p in extra:
+        text = user_text(prompt_messages(p))
+        if len(out) < limit and text not in seen:
+            seen.add(text)
+            out.append(p)
+    return out
+
+
 ANSWERS_FILE = "gate_answers.json"   # in a version's folder: its greedy answers at its own gate
 
 
@@ -145,9 +159,10 @@ def rm_gate_accuracy(rm_metrics: dict) -> float | None:
 
 def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptItem], settings: Settings,
              judges: Sequence[Path] = (), own_rm: Path | None = None, own_rm_accuracy: float | None = None,
-             eval_pairs: list | None = None) -> dict:
+             eval_pairs: list | None = None, degeneracy_only: Sequence[PromptItem] = ()) -> dict:
     """judges: independent RMs (newest first); own_rm: the RM the candidate was optimised against
-    (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy."""
+    (None for RM-free algorithms); own_rm_accuracy: that RM's held-out pair accuracy; degeneracy_only:
+    more prompts whose greedy answers are checked for degeneracy alone (`degeneracy_prompt_set`)."""
     from trainer.evaluate import LOGPROBS_FILE, check_finite, implicit_preference_agreements, kl_to_references
     from trainer.policy_base import PhaseClock
 
@@ -162,23 +177,26 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     prompts = [probe] + [p for p in prompts[: settings.gate_eval_prompts]
                          if user_text(prompt_messages(p)) != settings.probe_prompt]
     n = settings.gate_max_new_tokens
-    new, new_done = greedy_answers(candidate, prompts, n, Path(candidate) / ANSWERS_FILE)
+    judged = {user_text(prompt_messages(p)) for p in prompts}
+    checked = prompts + [p for p in degeneracy_only if user_text(prompt_messages(p)) not in judged]
+    every, every_done = greedy_answers(candidate, checked, n, Path(candidate) / ANSWERS_FILE)
+    new, new_done = every[:len(prompts)], every_done[:len(prompts)]
     old, old_done = greedy_answers(served, prompts, n, answers_cache(settings, served))
-    base = old if Path(served) == Path(anchor) else greedy_answers(anchor, prompts, n, answers_cache(settings, anchor))[0]
+    base = greedy_answers(anchor, checked, n, answers_cache(settings, anchor))[0]   # served = anchor: recorded above
     clock.lap("greedy_answers")
-    metrics.update(gate_prompts=len(prompts), probe_answer=new[0],
+    metrics.update(gate_prompts=len(prompts), degeneracy_prompts=len(checked), probe_answer=new[0],
                    finished_share=sum(new_done) / len(new), finished_share_served=sum(old_done) / len(old))
 
-    # 1. degeneracy on every answer
+    # 1. degeneracy on every answer (the judged prompts' and the degeneracy-only ones')
     bad_answers = []
-    for p, a, ref in zip(prompts, new, base):
+    for p, a, ref in zip(checked, every, base):
         why = degenerate_reasons(a, user_text(prompt_messages(p)), ref)
         if why:
             bad_answers.append({"prompt": user_text(prompt_messages(p)), "answer": a, "reasons": why})
     metrics.update(degenerate_answers=len(bad_answers), degenerate_examples=bad_answers[:3])
     if len(bad_answers) > settings.gate_max_degenerate:
         first = bad_answers[0]
-        reasons.append(f"{len(bad_answers)}/{len(prompts)} degenerate answers (allowed "
+        reasons.append(f"{len(bad_answers)}/{len(checked)} degenerate answers (allowed "
                        f"{settings.gate_max_degenerate}), e.g. {first['answer'][:60]!r}: {first['reasons'][0]}")
 
     # 2. reward gain by independent judges, with a paired bootstrap bound

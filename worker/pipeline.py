@@ -111,7 +111,7 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
                client: redis.Redis, status: StatusWriter, fence) -> dict:
     from trainer import algorithms
     from trainer.data import write_jsonl
-    from worker.gate import gate_prompt_set, load_gate_prompts, rm_gate_accuracy, run_gate
+    from worker.gate import degeneracy_prompt_set, gate_prompt_set, load_gate_prompts, rm_gate_accuracy, run_gate
     from worker.training import (judge_reward_models, policy_config, remove_work, scalars,
                                  train_policy_step, train_reward_model_step)
 
@@ -186,7 +186,8 @@ def _run_steps(settings: Settings, run_id: str, reason: str, force: bool,
     gate = run_gate(policy_work, served_dir, reg.path(anchor), gate_prompts, settings,
                     judges=judge_reward_models(settings, exclude=rm_id if trained_against else None),
                     own_rm=own_rm, own_rm_accuracy=rm_gate_accuracy(rm_metrics) if trained_against else None,
-                    eval_pairs=sets.eval_pairs)
+                    eval_pairs=sets.eval_pairs,
+                    degeneracy_only=degeneracy_prompt_set(gate_prompts, gate_set, settings.gate_degeneracy_prompts))
 
     status.step("publish", gate=gate)
     meta = {"parent": served, "run_id": run_id, "reason": reason, "snapshot": str(snap.path),

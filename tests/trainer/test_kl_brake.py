@@ -62,6 +62,10 @@ def test_a_settled_secant_step_is_applied_without_a_second_estimate():
     assert estimated == [1.0] and settled == [0.5]
     # capped at 0.9 alpha: the line predicts 2 + 0.9 * 8 = 9.2 <= 9.5
     assert brake_alphas(kl, limit=9.5, tries=2, start_kl=2.0, settle=lambda a: None) == (0.9, {1.0: 10.0}, {0.9: 9.2})
+    # session 23's formal_expert round 3: served 4.0386, alpha 1 read 9.811; the line's 0.54768 rounds up
+    # to 0.548, which the line puts 0.0016 over 7.2 — within the rounding, so it is settled
+    alpha, seen, predicted = brake_alphas(lambda a: 9.811, limit=7.2, tries=2, start_kl=4.0386, settle=lambda a: None)
+    assert alpha == 0.548 and list(seen) == [1.0] and abs(predicted[0.548] - 7.2016) < 1e-3
     # floored at alpha / 8, the line predicts 2 + 8 / 8 = 3.0 > 2.1: that alpha is estimated after all
     alpha, seen, predicted = brake_alphas(kl, limit=2.1, tries=1, start_kl=2.0, settle=lambda a: None)
     assert alpha == 0.125 and list(seen) == [1.0, 0.125] and predicted == {}

@@ -88,3 +88,42 @@ def test_held_out_pair_log_probs_are_recorded_and_reused(tiny_model_dir, tmp_pat
     (folder / LOGPROBS_FILE).write_text(record.read_text())
     assert implicit_preference_accuracies({"p": folder}, tiny_model_dir, _pairs(6), records=records) == fresh
     assert loaded == []
+
+
+def _record(path, prompts, answers, budget: int) -> None:
+    from trainer.data import prompt_messages
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({str(budget): {json.dumps(prompt_messages(p), sort_keys=True): [a, True]
+                                              for p, a in zip(prompts, answers)}}))
+
+
+def test_degeneracy_only_prompts_catch_a_loop_the_judged_prompts_do_not_show(tiny_model_dir, tmp_path):
+    """Settings.gate_degeneracy_prompts: a candidate whose judged gate answers are all healthy but which
+    loops on one more prompt of the operator's set is refused, and that prompt is neither judged
+    (no RM here) nor sampled for KL; without the extra prompts the same candidate passes the check."""
+    import shutil
+
+    from worker.gate import degeneracy_prompt_set, run_gate
+    torch.set_num_threads(2)
+    settings = Settings(data_dir=tmp_path / "data", gate_max_new_tokens=8)
+    probe = PromptItem([{"role": "user", "content": settings.probe_prompt}])
+    judged, extra = _prompts(3), [PromptItem([{"role": "user", "content": f"Tell me about river {i}."}]) for i in range(2)]
+    healthy = [f"Topic {i} is a broad subject that people study in school and write books about." for i in range(3)]
+    rivers = [f"River {i} flows through a green valley past old mills and into the sea." for i in range(2)]
+    loop = "River 1 is a river, a river is a river, a river is a river, a river is a river."
+    candidate = tmp_path / "candidate"
+    shutil.copytree(tiny_model_dir, candidate)
+    everything = [probe] + judged + extra
+    paris = "The capital of France is Paris, a city on the river Seine."
+    _record(candidate / ANSWERS_FILE, everything, [paris] + healthy + [rivers[0], loop], 8)
+    _record(answers_cache(settings, tiny_model_dir), everything, [paris] + healthy + rivers, 8)
+
+    assert degeneracy_prompt_set(judged, judged[:1] + extra, 5) == extra     # judged ones are not repeated
+    assert degeneracy_prompt_set(judged, extra, 1) == extra[:1]
+    plain = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings)
+    assert plain["metrics"]["degenerate_answers"] == 0 and plain["metrics"]["degeneracy_prompts"] == 4
+    wider = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, degeneracy_only=extra)
+    assert wider["metrics"]["gate_prompts"] == 4 and wider["metrics"]["degeneracy_prompts"] == 6
+    assert wider["metrics"]["degenerate_answers"] == 1
+    assert wider["metrics"]["degenerate_examples"][0]["prompt"] == "Tell me about river 1."
+    assert any(r.startswith("1/6 degenerate answers") for r in wider["reasons"]), wider["reasons"]
