@@ -5,8 +5,9 @@ candidate, served and anchor, it refuses on, each reason recorded in the version
 
 - non-finite weights;
 - any degenerate answer (common/degeneracy.py, against the anchor's answer to the same prompt;
-  the probe prompt is one of the prompts), more than `gate_max_degenerate` (default 0) — on the judged
-  prompts and on up to `gate_degeneracy_prompts` more of the operator's set, checked for this alone;
+  the probe prompt is one of the prompts), more than `gate_max_degenerate` (default 0) on the judged
+  prompts; on up to `gate_degeneracy_prompts` more of the operator's set, checked for this alone, more
+  than that or than the served version's own count there (never more degenerate than what is served);
 - no reward gain: judged by *independent* reward models — the newest published ones other than
   the RM this candidate was optimised against (an optimiser always "wins" against its own RM).
   Per-prompt gains (normalised scores, averaged over judges) must have a paired-bootstrap 95%
@@ -183,21 +184,32 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     new, new_done = every[:len(prompts)], every_done[:len(prompts)]
     old, old_done = greedy_answers(served, prompts, n, answers_cache(settings, served))
     base = greedy_answers(anchor, checked, n, answers_cache(settings, anchor))[0]   # served = anchor: recorded above
+    k, extra = len(prompts), checked[len(prompts):]
+    served_extra = greedy_answers(served, extra, n, answers_cache(settings, served))[0] if extra else []
     clock.lap("greedy_answers")
     metrics.update(gate_prompts=len(prompts), degeneracy_prompts=len(checked), probe_answer=new[0],
                    finished_share=sum(new_done) / len(new), finished_share_served=sum(old_done) / len(old))
 
-    # 1. degeneracy on every answer (the judged prompts' and the degeneracy-only ones')
-    bad_answers = []
-    for p, a, ref in zip(checked, every, base):
-        why = degenerate_reasons(a, user_text(prompt_messages(p)), ref)
-        if why:
-            bad_answers.append({"prompt": user_text(prompt_messages(p)), "answer": a, "reasons": why})
-    metrics.update(degenerate_answers=len(bad_answers), degenerate_examples=bad_answers[:3])
+    # 1. degeneracy on every answer: none on the judged prompts (gate_max_degenerate), and on the
+    # degeneracy-only ones no more than the served version's own answers there. Why relative there:
+    # with ~100 prompts a zero bar refused candidates with 1 loop while the served v0 had 6 (session 23)
+    bad_answers = degenerate_answers(prompts, new, base[:k])
+    extra_bad = degenerate_answers(extra, every[k:], base[k:])
+    metrics.update(degenerate_answers=len(bad_answers), degenerate_examples=(bad_answers + extra_bad)[:3])
     if len(bad_answers) > settings.gate_max_degenerate:
         first = bad_answers[0]
-        reasons.append(f"{len(bad_answers)}/{len(checked)} degenerate answers (allowed "
+        reasons.append(f"{len(bad_answers)}/{len(prompts)} degenerate answers (allowed "
                        f"{settings.gate_max_degenerate}), e.g. {first['answer'][:60]!r}: {first['reasons'][0]}")
+    if extra:
+        served_bad = degenerate_answers(extra, served_extra, base[k:])
+        allowed = max(settings.gate_max_degenerate, len(served_bad))
+        metrics.update(degeneracy_only_prompts=len(extra), degenerate_answers_extra=len(extra_bad),
+                       degenerate_answers_extra_served=len(served_bad))
+        if len(extra_bad) > allowed:
+            first = extra_bad[0]
+            reasons.append(f"{len(extra_bad)}/{len(extra)} degenerate answers on the degeneracy-only prompts, more "
+                           f"than the served version's {len(served_bad)} (allowed {allowed}), e.g. "
+                           f"{first['answer'][:60]!r}: {first['reasons'][0]}")
 
     # 2. reward gain by independent judges, with a paired bootstrap bound
     judge_dirs = [Path(j) for j in judges if own_rm is None or Path(j) != Path(own_rm)][: settings.gate_judges]
@@ -249,6 +261,18 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     clock.lap("preference_pairs")
     metrics["seconds"] = clock.seconds
     return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
+
+
+def degenerate_answers(prompts: Sequence[PromptItem], answers: Sequence[str],
+                       anchor_answers: Sequence[str]) -> list[dict]:
+    """{prompt, answer, reasons} of each degenerate answer (common/degeneracy.py, against the anchor's
+    answer to the same prompt)."""
+    out = []
+    for p, a, ref in zip(prompts, answers, anchor_answers):
+        why = degenerate_reasons(a, user_text(prompt_messages(p)), ref)
+        if why:
+            out.append({"prompt": user_text(prompt_messages(p)), "answer": a, "reasons": why})
+    return out
 
 
 def judged_diffs(judges: list[Path], prompts: list[PromptItem], new: tuple[list[str], list[bool]],

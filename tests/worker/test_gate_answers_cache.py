@@ -99,8 +99,9 @@ def _record(path, prompts, answers, budget: int) -> None:
 
 def test_degeneracy_only_prompts_catch_a_loop_the_judged_prompts_do_not_show(tiny_model_dir, tmp_path):
     """Settings.gate_degeneracy_prompts: a candidate whose judged gate answers are all healthy but which
-    loops on one more prompt of the operator's set is refused, and that prompt is neither judged
-    (no RM here) nor sampled for KL; without the extra prompts the same candidate passes the check."""
+    loops on one more prompt of the operator's set is refused when the served version does not loop
+    there, and passes that check when the served version has as many degenerate answers there (never
+    more degenerate than what is served); without the extra prompts nothing is checked there."""
     import shutil
 
     from worker.gate import degeneracy_prompt_set, run_gate
@@ -122,8 +123,18 @@ def test_degeneracy_only_prompts_catch_a_loop_the_judged_prompts_do_not_show(tin
     assert degeneracy_prompt_set(judged, extra, 1) == extra[:1]
     plain = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings)
     assert plain["metrics"]["degenerate_answers"] == 0 and plain["metrics"]["degeneracy_prompts"] == 4
+    assert not any("degenerate" in r for r in plain["reasons"])
     wider = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, degeneracy_only=extra)
-    assert wider["metrics"]["gate_prompts"] == 4 and wider["metrics"]["degeneracy_prompts"] == 6
-    assert wider["metrics"]["degenerate_answers"] == 1
-    assert wider["metrics"]["degenerate_examples"][0]["prompt"] == "Tell me about river 1."
-    assert any(r.startswith("1/6 degenerate answers") for r in wider["reasons"]), wider["reasons"]
+    m = wider["metrics"]
+    assert m["gate_prompts"] == 4 and m["degeneracy_prompts"] == 6 and m["degeneracy_only_prompts"] == 2
+    assert m["degenerate_answers"] == 0 and m["degenerate_answers_extra"] == 1 and m["degenerate_answers_extra_served"] == 0
+    assert m["degenerate_examples"][0]["prompt"] == "Tell me about river 1."
+    assert any(r.startswith("1/2 degenerate answers on the degeneracy-only prompts, more than the served version's 0")
+               for r in wider["reasons"]), wider["reasons"]
+
+    # the served version (here the anchor) loops on river 0: one loop of the candidate's is no regression
+    served_loop = "River 0 is a river, a river is a river, a river is a river, a river is a river."
+    _record(answers_cache(settings, tiny_model_dir), everything, [paris] + healthy + [served_loop, rivers[1]], 8)
+    level = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, degeneracy_only=extra)
+    assert level["metrics"]["degenerate_answers_extra"] == 1 and level["metrics"]["degenerate_answers_extra_served"] == 1
+    assert not any("degenerate" in r for r in level["reasons"]), level["reasons"]
