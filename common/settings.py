@@ -223,7 +223,7 @@ class Settings(BaseSettings):
     the same prompts, whichever is larger: never more degenerate than what users get now. Why: a served
     version looped on held-out prompts none of its ~30 gate prompts showed (sessions 22-23: 1-2 of 24 in
     the demo's report); at a 5% rate 30 prompts miss it 21% of the time, 94 prompts 1%. Why relative: at
-    zero on ~100 prompts the gate refused candidates with 1 loop while the served v0 had 6 (session 23).
+    zero on ~100 prompts the gate refused candidates with 1 loop where the served v0 had 3 (session 23).
     0 = off."""
     gate_max_new_tokens: int = 48
     probe_prompt: str = "What is the capital of France?"
