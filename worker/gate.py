@@ -192,7 +192,8 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
 
     # 1. degeneracy on every answer: none on the judged prompts (gate_max_degenerate), and on the
     # degeneracy-only ones no more than the served version's own answers there. Why relative there:
-    # with ~100 prompts a zero bar refused candidates with 1 loop while the served v0 had 3 on the same 64 prompts (session 23)
+    # with ~100 prompts a zero bar refused candidates with 1 loop while the served v0 had 3 on the
+    # same 64 prompts (session 23)
     bad_answers = degenerate_answers(prompts, new, base[:k])
     extra_bad = degenerate_answers(extra, every[k:], base[k:])
     metrics.update(degenerate_answers=len(bad_answers), degenerate_examples=(bad_answers + extra_bad)[:3])
