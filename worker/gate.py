@@ -89,14 +89,8 @@ def gate_prompt_set(heldout: list[PromptItem], extra: list[PromptItem], limit: i
 def degeneracy_prompt_set(judged: list[PromptItem], extra: list[PromptItem], limit: int) -> list[PromptItem]:
     """The prompts checked for degenerate answers only (Settings.gate_degeneracy_prompts): the first
     `limit` of the operator's set that are not among the judged gate prompts, without repeats."""
-    seen = {user_text(prompt_messages(p)) for p in judged}
-    out = []
-    for p in extra:
-        text = user_text(prompt_messages(p))
-        if len(out) < limit and text not in seen:
-            seen.add(text)
-            out.append(p)
-    return out
+    judged = gate_prompt_set(judged, [], len(judged))      # the judged prompts as gate_prompt_set keeps them
+    return gate_prompt_set(judged, extra, len(judged) + limit)[len(judged):]
 
 
 ANSWERS_FILE = "gate_answers.json"   # in a version's folder: its greedy answers at its own gate
