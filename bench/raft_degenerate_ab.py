@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from common.degeneracy import degenerate_reasons
+from common.degeneracy import degenerate_reasons, first_sentence, words
 from demo.personas import hidden_score
 from trainer.algorithms import make_config, train_policy
 from trainer.config import RMConfig
@@ -66,6 +66,13 @@ def eval_prompts(prompts: dict) -> list[str]:
     return [t.format(x) for x in topics for t in TEMPLATES]
 
 
+def short_first_sentence(answer: str, usual: str) -> bool:
+    """The answer opens with a fragment: its first sentence is "far too short" by the gate's length
+    clause against `usual` (degenerate_reasons' defaults: max(2 words, 0.06 x its words)), whether the
+    answer stops there ("The thunderstorms.") or goes on ("The thunderstorms. They are a ...")."""
+    return len(words(first_sentence(answer))) < max(2, 0.06 * len(words(usual)))
+
+
 def labelled_pairs(model: Path, prompts: list[str], preference: str) -> list[PreferencePair]:
     """K samples of v0 per prompt; the taste's favourite against each answer it likes clearly less."""
     answers, done = generate_finished(model, [item(p) for p in prompts for _ in range(K)], MAX_NEW, greedy=False, seed=1)
@@ -86,7 +93,8 @@ def judge(model: Path, prompts: list[str], base: tuple[list[str], list[bool]], p
     new = [score(p, a, f) for p, a, f in zip(prompts, answers, done)]
     old = [score(p, a, f) for p, a, f in zip(prompts, *base)]
     wins = sum(1.0 if n > o + 1e-9 else 0.5 if abs(n - o) <= 1e-9 else 0.0 for n, o in zip(new, old))
-    return {"degenerate": len(bad), "prompts": len(prompts), "finished": round(sum(done) / len(done), 3),
+    fragments = sum(short_first_sentence(a, b) for a, b in zip(answers, base[0]))
+    return {"degenerate": len(bad), "fragment_openings": fragments, "prompts": len(prompts), "finished": round(sum(done) / len(done), 3),
             "win_vs_v0": round(wins / len(prompts), 3), "hidden": round(sum(new) / len(new), 3),
             "words": round(sum(len(a.split()) for a in answers) / len(answers), 1), "examples": bad[:6]}
 
@@ -155,7 +163,7 @@ def main() -> None:
                 (out / "bench_metrics.json").write_text(json.dumps(metrics, default=str))
                 stamp.write_text(json.dumps(config))
             row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
-                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "eos_fraction", "steps", "loop_check_kept_epoch",
+                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "fragment_openings", "eos_fraction", "steps", "loop_check_kept_epoch",
                                                   "loop_check_degenerate_last", "loop_check_degenerate_kept",
                                                   "repair")}}
         row.update(**judge(out, evals, base, args.preference),

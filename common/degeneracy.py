@@ -105,3 +105,34 @@ def degenerate_reasons(answer: str, prompt: str, anchor_answer: str | None = Non
 
 def is_degenerate(answer: str, prompt: str, anchor_answer: str | None = None, **kwargs) -> bool:
     return bool(degenerate_reasons(answer, prompt, anchor_answer, **kwargs))
+
+
+_FIRST_END = re.compile(r"(?<=[^\W\d_])[.!?]+[\"')\]]*(?=\s|$)")   # "...word." / "word!" then a space or the end
+_ABBREVIATIONS = frozenset(("e.g", "i.e", "etc", "vs", "mr", "mrs", "dr", "st", "no"))
+
+
+def first_sentence(answer: str) -> str:
+    """The answer up to its first sentence end: ".", "!" or "?" after a letter (closing quotes or
+    brackets allowed), followed by a space or the end, not an abbreviation ("e.g."). The whole
+    (stripped) answer when no sentence ends."""
+    text = (answer or "").strip()
+    for end in _FIRST_END.finditer(text):
+        last = text[:end.start()].split()[-1].lower().lstrip("\"'([") if text[:end.start()].split() else ""
+        if last not in _ABBREVIATIONS:
+            return text[:end.end()]
+    return text
+
+
+def fragment_opening(answer: str, anchor_answer: str | None = None, *, min_words: int = 2,
+                     min_length_ratio: float = 0.06) -> bool:
+    """Whether the answer opens with a sentence that, were the answer to stop there, would be "far
+    too short" by `degenerate_reasons`' own length clause (same defaults): "The sleep. Sleep is..."
+    for a 45-word usual answer, "Sure! ...". Only the length clause: a short on-topic first sentence
+    ("Imagine you're at the beach.") is an opening, not a fragment. Why it matters: a policy that
+    learns such openings says "The thunderstorms." to an unseen prompt and then stops, or runs on
+    into a loop from there (sessions 14-23 demos: the most frequent degenerate held-out answer)."""
+    first = first_sentence(answer)
+    if first == (answer or "").strip():
+        return False        # one sentence: the whole answer, which degenerate_reasons judges
+    floor = max(min_words, min_length_ratio * len(words(anchor_answer))) if anchor_answer else min_words
+    return len(words(first)) < floor

@@ -325,6 +325,15 @@ class RAFTConfig(PolicyConfig):
                                       # left 3 unseen degenerate answers as before, finished 62% vs 86%, win 73% vs 82%
     repair_steps: int = 3             # optimizer steps per repair round
     repair_weight: float = 1.0        # weight of the repair's unlikelihood beside the kept answers' likelihood
+    drop_fragment_openings: bool = True  # never keep a sample whose first sentence, were it to stop there, would be a
+                                      # "far too short" answer (common/degeneracy.fragment_opening: "The sleep. Sleep
+                                      # is...", "Sure! ..."). Why: such an opening, once learned for a prompt template,
+                                      # is what the greedy policy says to unseen prompts of that template, and from
+                                      # there it stops ("The thunderstorms.") or loops ("The thunderstorms. They are a
+                                      # never-ending cycle, a never-ending cycle"): the served versions' most frequent
+                                      # degenerate held-out answer in sessions 14-23. Seen (session 24, balanced
+                                      # round 1): 1 of 29 kept answers opened "The sleep." for "Tell me something
+                                      # interesting about sleep." Only with drop_degenerate (a language rule too)
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
     kl_brake_share: Optional[float] = 0.9   # keep the trained policy's KL to the anchor (sampled on the round's

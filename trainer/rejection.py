@@ -4,7 +4,8 @@ policy itself, as ranked by the reward model, become its supervised targets.
 One run = one round of expert iteration: sample k answers per prompt from the served policy,
 score them (the RM, normalised, minus the penalty for answers cut off without EOS), drop every
 degenerate one (common/degeneracy.py: the gate's definition, so the policy is never taught what
-the gate refuses) and every one cut off without EOS (not a whole answer), keep each prompt's best when it clearly beats its siblings
+the gate refuses), every one that opens with a fragment (`drop_fragment_openings`) and every one cut
+off without EOS (not a whole answer), keep each prompt's best when it clearly beats its siblings
 (`preference_math.best_of_group`), then maximise the kept answers' per-token likelihood
 (EOS included: finishing in time is part of what is learned).
 
@@ -53,7 +54,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from common.degeneracy import degenerate_reasons, repeated_ngram_share, words
+from common.degeneracy import degenerate_reasons, fragment_opening, repeated_ngram_share, words
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
@@ -125,11 +126,14 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # (its median-length sample) in place of the anchor's answer: a 2-word quip is "far too short"
     usual = [typical_answer(texts[p * m:p * m + k]) for p in range(len(messages))]
     samples = torch.tensor([i % m < k for i in range(len(responses))])   # the k real samples of each row
+    fragment = [config.drop_degenerate and config.drop_fragment_openings and fragment_opening(t, usual[i // m])
+                for i, t in enumerate(texts)]
     eligible = torch.tensor([(bool(samples[i]) or made[i])
                              and not (config.drop_degenerate and degenerate_reasons(
                                  t, user_text(messages[i // m]), anchor_answer=usual[i // m],
                                  min_length_ratio=config.min_length_ratio,
                                  max_repeated_ngram_share=config.max_repeated_ngram_share))
+                             and not fragment[i]
                              and (bool(has_eos[i]) or not config.require_eos)
                              for i, t in enumerate(texts)]).view(-1, m)
     kept = prm.best_of_group(scores.view(-1, m), eligible, config.min_advantage, source=[j % k for j in range(m)])
@@ -138,6 +142,7 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
         "prompts": len(messages), "answers": int(samples.sum()), "kept": len(rows),
         "closed_candidates": sum(made), "kept_closed": sum(made[r] for r in rows),
         "ineligible_samples": int((~eligible.view(-1)[samples]).sum()),
+        "fragment_openings": sum(fragment[i] for i in range(len(texts)) if samples[i]),
         "eos_fraction": has_eos[samples].float().mean().item(),
         "kept_eos_fraction": sum(bool(has_eos[r]) for r in rows) / max(1, len(rows)),
         "reward_raw": raw[samples].mean().item(), "kept_reward_raw": (raw[rows].mean().item() if rows else 0.0),

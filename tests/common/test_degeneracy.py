@@ -1,5 +1,6 @@
 """common.degeneracy: each clause on hand-made answers, and the failures the old gate let through."""
-from common.degeneracy import content_stems, degenerate_reasons, repeated_ngram_share, words
+from common.degeneracy import (content_stems, degenerate_reasons, first_sentence, fragment_opening,
+                               repeated_ngram_share, words)
 
 ANCHOR = ("Glaciers are large bodies of ice that move slowly. Learning about them helps you understand "
           "climate change, sea levels and the history of the landscape around you.")
@@ -61,3 +62,29 @@ def test_three_letter_topics_count_and_function_words_do_not():
     assert degenerate_reasons("You can get one for all of them, but not now.",
                               "How can you get the tea out?") != []
 
+
+
+def test_first_sentence_ends_after_a_word_not_an_abbreviation_or_a_number():
+    assert first_sentence("The sleep. Sleep is a state of rest.") == "The sleep."
+    assert first_sentence("  Sure! Owls hunt at night.") == "Sure!"
+    assert first_sentence('"The owls." They are great.') == '"The owls."'
+    assert first_sentence("E.g. owls hunt. They fly.") == "E.g. owls hunt."
+    assert first_sentence("Dr. Smith studies owls. They fly.") == "Dr. Smith studies owls."
+    assert first_sentence("Step 2. comes next. Then more.") == "Step 2. comes next."
+    assert first_sentence("Owls are birds") == "Owls are birds"
+
+
+def test_fragment_opening_is_a_first_sentence_too_short_to_be_an_answer():
+    usual = " ".join(["word"] * 45)     # the floor: max(2, 0.06 x 45 = 2.7) words, so 2 words fall short
+    # the session-24 case: a kept answer opening with the topic alone
+    assert fragment_opening("The sleep. Sleep is a state of rest that the body needs.", usual)
+    assert fragment_opening("Great question! Owls hunt at night.", usual)
+    # a short but whole first sentence is an opening, not a fragment
+    assert not fragment_opening("Imagine you're at the beach. The waves roll in.", usual)
+    assert not fragment_opening("Owls hunt. They fly at night.", " ".join(["word"] * 30))   # 2 >= max(2, 1.8)
+    # one sentence is the whole answer, which degenerate_reasons judges ("far too short" there)
+    assert not fragment_opening("The sleep.", usual)
+    assert degenerate_reasons("The sleep.", "Tell me something interesting about sleep.", usual)
+    # without a usual answer only the absolute floor applies
+    assert fragment_opening("Sure! Owls hunt at night.")
+    assert not fragment_opening("The sleep. Sleep is rest.")
