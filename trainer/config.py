@@ -325,15 +325,18 @@ class RAFTConfig(PolicyConfig):
                                       # left 3 unseen degenerate answers as before, finished 62% vs 86%, win 73% vs 82%
     repair_steps: int = 3             # optimizer steps per repair round
     repair_weight: float = 1.0        # weight of the repair's unlikelihood beside the kept answers' likelihood
-    drop_fragment_openings: bool = True  # never keep a sample whose first sentence, were it to stop there, would be a
+    drop_fragment_openings: bool = False  # never keep a sample whose first sentence, were it to stop there, would be a
                                       # "far too short" answer (common/degeneracy.fragment_opening: "The sleep. Sleep
-                                      # is...", "Sure! ..."). Why: such an opening, once learned for a prompt template,
-                                      # is what the greedy policy says to unseen prompts of that template, and from
-                                      # there it stops ("The thunderstorms.") or loops ("The thunderstorms. They are a
-                                      # never-ending cycle, a never-ending cycle"): the served versions' most frequent
-                                      # degenerate held-out answer in sessions 14-23. Seen (session 24, balanced
-                                      # round 1): 1 of 29 kept answers opened "The sleep." for "Tell me something
-                                      # interesting about sleep." Only with drop_degenerate (a language rule too)
+                                      # is...", "Sure! ..."); only with drop_degenerate (a language rule too). Why it
+                                      # exists: "Tell me something interesting about thunderstorms." -> "The
+                                      # thunderstorms." (a stop) or "... They are a never-ending cycle, a never-ending
+                                      # cycle" (a loop) was the served versions' most frequent degenerate held-out
+                                      # answer in sessions 14-23, and round 1 kept "The sleep. Sleep is ...". Why off:
+                                      # measured (session 24, two demos, 4-11 samples of 180-288 dropped per round)
+                                      # both served versions still had 1 degenerate answer of 24 ("Thunderbolts!",
+                                      # "The thunderstorms."): v0 itself opens 13 of 136 unseen prompts' greedy answers
+                                      # that way (bench/greedy_openings.py), and the trained versions 3-12 with the
+                                      # rule vs 8-14 without (one run each) — no gain shown
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
     kl_brake_share: Optional[float] = 0.9   # keep the trained policy's KL to the anchor (sampled on the round's

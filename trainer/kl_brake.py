@@ -24,7 +24,7 @@ round 2 kept α 0.665 (8.80 -> 6.70; halving keeps ½), round 3 reached α 0.192
 Each estimate costs one batch of sampled answers and two scoring passes: 29 s for 32 answers of up to 64
 tokens on the 2-core demo machine (session 20, SmolLM2, the anchor's first load included).
 
-A secant step whose line meets the limit is not re-estimated (`verify_secant`, off by default): its
+A secant step whose line meets the limit is not re-estimated (`RAFTConfig.kl_brake_verify_secant`, off by default): its
 α is applied and the KL the line predicts there recorded as predicted, not measured. Why: the gate
 measures the candidate's KL to the anchor anyway (on held-out prompts, the budget's hard check), the
 re-estimate was a second ~33 s pass in most braked rounds, and the line held in every recorded round
@@ -61,11 +61,9 @@ def next_alpha(alpha: float, kl: float, limit: float, start_kl: float | None) ->
     return round(min(0.9 * alpha, max(alpha / 8, line)), 3)
 
 
-def secant_prediction(alpha: float, kl: float, new_alpha: float, start_kl: float | None) -> float | None:
-    """The KL the line from (0, start_kl) through (alpha, kl) predicts at `new_alpha`; None when the
-    start's KL is unknown (no line)."""
-    if start_kl is None:
-        return None
+def secant_prediction(alpha: float, kl: float, new_alpha: float, start_kl: float) -> float:
+    """The KL the line from (0, start_kl) through (alpha, kl) predicts at `new_alpha` (the caller
+    knows the start's KL: without it there is no line)."""
     return start_kl + new_alpha / alpha * (kl - start_kl)
 
 

@@ -4,7 +4,7 @@ policy itself, as ranked by the reward model, become its supervised targets.
 One run = one round of expert iteration: sample k answers per prompt from the served policy,
 score them (the RM, normalised, minus the penalty for answers cut off without EOS), drop every
 degenerate one (common/degeneracy.py: the gate's definition, so the policy is never taught what
-the gate refuses), every one that opens with a fragment (`drop_fragment_openings`) and every one cut
+the gate refuses), optionally every one that opens with a fragment (`drop_fragment_openings`) and every one cut
 off without EOS (not a whole answer), keep each prompt's best when it clearly beats its siblings
 (`preference_math.best_of_group`), then maximise the kept answers' per-token likelihood
 (EOS included: finishing in time is part of what is learned).
