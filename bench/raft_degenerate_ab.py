@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from common.degeneracy import degenerate_reasons, first_sentence, words
+from common.degeneracy import degenerate_reasons, first_sentence, length_floor, words
 from demo.personas import hidden_score
 from trainer.algorithms import make_config, train_policy
 from trainer.config import RMConfig
@@ -70,7 +70,7 @@ def short_first_sentence(answer: str, usual: str) -> bool:
     """The answer opens with a fragment: its first sentence is "far too short" by the gate's length
     clause against `usual` (degenerate_reasons' defaults: max(2 words, 0.06 x its words)), whether the
     answer stops there ("The thunderstorms.") or goes on ("The thunderstorms. They are a ...")."""
-    return len(words(first_sentence(answer))) < max(2, 0.06 * len(words(usual)))
+    return len(words(first_sentence(answer))) < length_floor(usual)
 
 
 def labelled_pairs(model: Path, prompts: list[str], preference: str) -> list[PreferencePair]:

@@ -76,6 +76,12 @@ def is_looping(answer: str, ngram: int = NGRAM, max_repeated_ngram_share: float 
     return repeated_ngram_share(words(answer), ngram) > max_repeated_ngram_share
 
 
+def length_floor(anchor_answer: str | None, min_words: int = 2, min_length_ratio: float = 0.06) -> float:
+    """The "far too short" clause's bar: an answer with fewer words is degenerate. `min_words`, or
+    `min_length_ratio` x the anchor's answer's words when that is more."""
+    return max(min_words, min_length_ratio * len(words(anchor_answer))) if anchor_answer else min_words
+
+
 def degenerate_reasons(answer: str, prompt: str, anchor_answer: str | None = None, *,
                        min_words: int = 2, min_length_ratio: float = 0.06, ngram: int = NGRAM,
                        max_repeated_ngram_share: float = MAX_REPEATED_NGRAM_SHARE) -> list[str]:
@@ -85,8 +91,7 @@ def degenerate_reasons(answer: str, prompt: str, anchor_answer: str | None = Non
         return ["empty answer"]
     reasons = []
     anchor_words = len(words(anchor_answer)) if anchor_answer else 0
-    floor = max(min_words, min_length_ratio * anchor_words)
-    if len(toks) < floor:
+    if len(toks) < length_floor(anchor_answer, min_words, min_length_ratio):
         reasons.append(f"far too short ({len(toks)} words; anchor {anchor_words})" if anchor_words
                        else f"far too short ({len(toks)} words)")
     if len(toks) >= 8:
@@ -134,5 +139,4 @@ def fragment_opening(answer: str, anchor_answer: str | None = None, *, min_words
     first = first_sentence(answer)
     if first == (answer or "").strip():
         return False        # one sentence: the whole answer, which degenerate_reasons judges
-    floor = max(min_words, min_length_ratio * len(words(anchor_answer))) if anchor_answer else min_words
-    return len(words(first)) < floor
+    return len(words(first)) < length_floor(anchor_answer, min_words, min_length_ratio)

@@ -126,14 +126,14 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     # (its median-length sample) in place of the anchor's answer: a 2-word quip is "far too short"
     usual = [typical_answer(texts[p * m:p * m + k]) for p in range(len(messages))]
     samples = torch.tensor([i % m < k for i in range(len(responses))])   # the k real samples of each row
-    fragment = [config.drop_degenerate and config.drop_fragment_openings and fragment_opening(t, usual[i // m])
-                for i, t in enumerate(texts)]
+    # samples that open with a fragment: counted always (language only), dropped with drop_fragment_openings
+    fragment = [config.drop_degenerate and fragment_opening(t, usual[i // m]) for i, t in enumerate(texts)]
     eligible = torch.tensor([(bool(samples[i]) or made[i])
                              and not (config.drop_degenerate and degenerate_reasons(
                                  t, user_text(messages[i // m]), anchor_answer=usual[i // m],
                                  min_length_ratio=config.min_length_ratio,
                                  max_repeated_ngram_share=config.max_repeated_ngram_share))
-                             and not fragment[i]
+                             and not (config.drop_fragment_openings and fragment[i])
                              and (bool(has_eos[i]) or not config.require_eos)
                              for i, t in enumerate(texts)]).view(-1, m)
     kept = prm.best_of_group(scores.view(-1, m), eligible, config.min_advantage, source=[j % k for j in range(m)])
