@@ -113,7 +113,7 @@ def is_degenerate(answer: str, prompt: str, anchor_answer: str | None = None, **
 
 
 _FIRST_END = re.compile(r"(?<=[^\W\d_])[.!?]+[\"')\]]*(?=\s|$)")   # "...word." / "word!" then a space or the end
-_ABBREVIATIONS = frozenset(("e.g", "i.e", "etc", "vs", "mr", "mrs", "dr", "st", "no"))
+NOT_SENTENCE_ENDS = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "st.", "no.")   # also RAFT's sentence ends
 
 
 def first_sentence(answer: str) -> str:
@@ -123,7 +123,7 @@ def first_sentence(answer: str) -> str:
     text = (answer or "").strip()
     for end in _FIRST_END.finditer(text):
         last = text[:end.start()].split()[-1].lower().lstrip("\"'([") if text[:end.start()].split() else ""
-        if last not in _ABBREVIATIONS:
+        if last + "." not in NOT_SENTENCE_ENDS:
             return text[:end.end()]
     return text
 

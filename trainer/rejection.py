@@ -54,7 +54,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from common.degeneracy import degenerate_reasons, fragment_opening, repeated_ngram_share, words
+from common.degeneracy import NOT_SENTENCE_ENDS, degenerate_reasons, fragment_opening, repeated_ngram_share, words
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
@@ -67,7 +67,6 @@ from trainer.raft_repair import degenerate_greedy_answers, greedy_answers, marke
 
 KEPT_FILE = "raft_kept.jsonl"   # in a RAFT version's folder: the answers it (and its ancestors) learned
 _SENTENCE_END = re.compile(r"[^\d\s][.!?][\"')\]]*$")     # "...word." but not a list number "2."
-_NOT_AN_END = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "st.", "no.")
 
 
 def sentence_ends(pieces: Sequence[str]) -> list[int]:
@@ -82,7 +81,7 @@ def sentence_ends(pieces: Sequence[str]) -> list[int]:
         tail = text.rstrip()
         last_word = tail.split()[-1].lower() if tail.split() else ""
         spaced = tail != text or not nxt or nxt[:1].isspace()
-        if tail and spaced and _SENTENCE_END.search(tail) and last_word.strip("\"')]") not in _NOT_AN_END:
+        if tail and spaced and _SENTENCE_END.search(tail) and last_word.strip("\"')]") not in NOT_SENTENCE_ENDS:
             ends.append(n)
     return ends
 
