@@ -163,7 +163,7 @@ def main() -> None:
                 (out / "bench_metrics.json").write_text(json.dumps(metrics, default=str))
                 stamp.write_text(json.dumps(config))
             row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
-                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "fragment_openings", "eos_fraction", "steps", "loop_check_kept_epoch",
+                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "fragment_openings", "fragment_targets", "eos_fraction", "steps", "loop_check_kept_epoch",
                                                   "loop_check_degenerate_last", "loop_check_degenerate_kept",
                                                   "repair")}}
         row.update(**judge(out, evals, base, args.preference),

@@ -53,6 +53,14 @@ class RMConfig:
                                       # 120-prompt pool: 32 -> .61/.60/.61, 96 -> .67/.64/.62, 384 -> chance
                                       # (rm_emb_sweep_200.json); choosing it by the prompt-grouped CV loss picked 32
                                       # there too (no gain, not kept; rm_efficiency_200.json)
+    embedding_pca_within_prompt: bool = False  # kind "embedding": fit those principal directions on the answers'
+                                      # embeddings minus their prompt's mean answer (how answers to one prompt differ:
+                                      # register, detail, tone), not on the raw embeddings, whose top directions are
+                                      # mostly *which prompt* was answered — a direction every pair shares both ends of.
+                                      # Off: measured no gain (session 25, bench_rm_efficiency, 200 pairs, unseen
+                                      # prompts, 4 prompt splits, truth accuracy mean of the 14 preference x split
+                                      # cells .778 with vs .777 without; balanced +.02-.03, concise_warm -.01-.05;
+                                      # bench/results/rm_variants_s25_split*.json, rm_within_s25_split0.json)
     embedding_l2_grid: tuple = (0.1, 1.0, 3.0, 10.0)  # kind "embedding": L2 strengths tried; the one with the lowest
                                       # held-out BT loss in prompt-grouped cross-validation is used
     embedding_cv_folds: int = 5       # kind "embedding": folds of that cross-validation (prompts never split)
@@ -337,6 +345,17 @@ class RAFTConfig(PolicyConfig):
                                       # "The thunderstorms."): v0 itself opens 13 of 136 unseen prompts' greedy answers
                                       # that way (bench/greedy_openings.py), and the trained versions 3-12 with the
                                       # rule vs 8-14 without (one run each) — no gain shown
+    fragment_unlikelihood_weight: float = 0.0  # weight of an unlikelihood term on the token that ends a fragment opening
+                                      # (common/degeneracy.fragment_opening: a first sentence that, were the answer to
+                                      # stop there, would be "far too short": "The storm." before "Thunderstorms are
+                                      # ...") in every sample of the round that opens with one, kept or not. Why: the
+                                      # served versions' degenerate held-out answers (sessions 14-24) are such an
+                                      # opening followed by a stop ("The thunderstorms.") or a loop; the opening is
+                                      # v0's own (13 of 136 unseen prompts' greedy answers) and the stop after it is
+                                      # what fine-tuning adds. Unlearning the "." after "The storm" makes the policy
+                                      # write the sentence on ("The storm is ..."), so it has no fragment to stop
+                                      # after, on prompts it never saw: the pattern is generic, not the topic's. 0 = off
+    fragment_batch: int = 8           # fragment openings in each step's term (cycled)
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
     kl_brake_share: Optional[float] = 0.9   # keep the trained policy's KL to the anchor (sampled on the round's

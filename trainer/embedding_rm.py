@@ -98,10 +98,19 @@ def prompt_text(messages: list[dict]) -> str:
     return users[-1] if users else " ".join(m.get("content") or "" for m in messages)
 
 
-def pca_basis(vectors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, top-k principal directions as columns) of `vectors` (n, d); k is capped at n - 1."""
+def pca_basis(vectors: torch.Tensor, k: int, groups: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, top-k principal directions as columns) of `vectors` (n, d); k is capped at n - 1. With
+    `groups` (one label per row: its prompt), the directions are those of the rows minus their group's
+    mean (within-group variation); the mean returned is still the overall one (what scoring subtracts)."""
     mean = vectors.mean(0)
-    _, _, vt = torch.linalg.svd(vectors - mean, full_matrices=False)
+    centred = vectors - mean
+    if groups is not None:
+        labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        index = torch.tensor([labels[g] for g in groups])
+        sums = torch.zeros(len(labels), vectors.shape[1], dtype=vectors.dtype).index_add_(0, index, vectors)
+        counts = torch.bincount(index, minlength=len(labels)).to(vectors.dtype).unsqueeze(-1)
+        centred = vectors - (sums / counts)[index]
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
     return mean, vt[: max(1, min(k, vectors.shape[0] - 1))].T.contiguous()
 
 
@@ -259,7 +268,8 @@ def feature_signs(n_pca: int, config: RMConfig, width: int) -> torch.Tensor:
 def _fit_head(data: _Data, pair_idx: torch.Tensor, rated_idx: torch.Tensor, config: RMConfig, l2: float) -> LinearHead:
     """Fit on the given pairs/thumbs only: PCA and standardisation from their answers too (no peeking)."""
     rows = torch.cat([data.chosen[pair_idx], data.rejected[pair_idx], data.rated[rated_idx]])
-    pca_mean, pca_dirs = pca_basis(data.answer_vecs[rows], config.embedding_components)
+    pca_mean, pca_dirs = pca_basis(data.answer_vecs[rows], config.embedding_components,
+                                   [data.prompts[i] for i in rows.tolist()] if config.embedding_pca_within_prompt else None)
     vocab = (Vocabulary.fit([data.answers[i] for i in rows.tolist()], config.embedding_vocab_min_df,
                             config.embedding_vocab) if config.embedding_vocab else None)
     text_x = text_features(data.prompts, data.answers, config.embedding_surface, vocab, data.surface_x)

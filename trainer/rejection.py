@@ -54,7 +54,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from common.degeneracy import NOT_SENTENCE_ENDS, degenerate_reasons, fragment_opening, repeated_ngram_share, words
+from common.degeneracy import (NOT_SENTENCE_ENDS, degenerate_reasons, fragment_opening, length_floor,
+                               repeated_ngram_share, words)
 from trainer import preference_math as prm
 from trainer.config import RAFTConfig
 from trainer.data import prompt_messages, user_text
@@ -84,6 +85,16 @@ def sentence_ends(pieces: Sequence[str]) -> list[int]:
         if tail and spaced and _SENTENCE_END.search(tail) and last_word.strip("\"')]") not in NOT_SENTENCE_ENDS:
             ends.append(n)
     return ends
+
+
+def fragment_end(pieces: Sequence[str], floor: float) -> int | None:
+    """How many leading tokens make the answer's first sentence (`sentence_ends`), when that sentence
+    has fewer words than `floor` (a fragment opening, common/degeneracy.fragment_opening) and is not the
+    whole answer; else None. Its last token is the one that closed the fragment ("." after "The storm")."""
+    ends = sentence_ends(pieces)
+    if not ends or ends[0] >= len(pieces):
+        return None
+    return ends[0] if len(words("".join(pieces[:ends[0]]))) < floor else None
 
 
 def last_sentence_end(pieces: Sequence[str], min_tokens: int = 1) -> int | None:
@@ -164,6 +175,10 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
     openings = [(prompts[i], list(responses[i][:math.ceil(config.opening_share * len(responses[i]))]))
                 for i in range(len(responses)) if samples[i]] if config.opening_stop_weight > 0 else []
     rng.shuffle(openings)
+    # 2c. the fragment openings among its samples (fragment_unlikelihood_weight): the token that closed each
+    fragments = fragment_targets(run, [(prompts[i], responses[i], usual[i // m]) for i in range(len(responses))
+                                       if samples[i] and fragment[i]]) if config.fragment_unlikelihood_weight > 0 else []
+    sample_stats.update(fragment_targets=len(fragments))
     clock.lap("find_loops")
 
     # 3. supervised fine-tuning on the kept answers (per-token NLL, EOS included) and one pass over
@@ -210,6 +225,10 @@ def run_raft(job: PolicyJob, config: RAFTConfig = RAFTConfig(), progress: Progre
             stats["unlikelihood"] = _unlikelihood_step(run, loops, step, config)
         if openings:
             stats["opening_stop"] = _opening_stop_step(run, openings, step, config)
+        if fragments:
+            stats["fragment_unlikelihood"] = _cycled_step(fragments, step, config.fragment_batch, config.micro_batch_size,
+                                                          config.fragment_unlikelihood_weight,
+                                                          lambda micro: marked_unlikelihood(run, micro))
         log_step("raft", {**stats, "grad_norm": run.clip_and_step()}, len(batches), history, bar, progress)
         if config.loop_check and step < len(batches) and batches[step][0] != epoch:
             snapshots.append({k: v.detach().clone() for k, v in run.actor.state_dict().items()})
@@ -369,6 +388,17 @@ def _opening_stop_step(run: OnlineRun, openings: list, step: int, config: RAFTCo
             _, real, stop_logp = run.token_and_stop_logprobs(run.actor, [p for p, _ in micro], [r for _, r in micro])
         return prm.unlikelihood_loss(stop_logp, not_ended_mask([r for _, r in micro], run.eos_ids, real))
     return _cycled_step(openings, step, config.opening_batch, config.micro_batch_size, config.opening_stop_weight, loss_of)
+
+
+def fragment_targets(run: OnlineRun, samples: list[tuple[list[int], list[int], str]]) -> list:
+    """(prompt ids, response ids up to the fragment's end, mark on its last token) for each (prompt ids,
+    response ids, the prompt's usual answer) whose first sentence is a fragment by `fragment_end`."""
+    out = []
+    for p, r, usual in samples:
+        n = fragment_end([run.tokenizer.decode([t]) for t in r], length_floor(usual))
+        if n:
+            out.append((p, list(r[:n]), [False] * (n - 1) + [True]))
+    return out
 
 
 @torch.no_grad()

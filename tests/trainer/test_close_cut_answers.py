@@ -56,3 +56,13 @@ def test_closing_weights_scale_only_the_closing_eos():
     real = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     w = closing_weights([[5, 6, 0], [5, 6, 7, 0], [5, 0]], [True, False, True], 0.25, real)
     assert w.tolist() == [[1.0, 1.0, 0.25, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.25, 0.0, 0.0]]
+
+
+def test_fragment_end_marks_the_token_closing_a_too_short_first_sentence():
+    from trainer.rejection import fragment_end
+    opening = ["The", " storm", ".", " Thunder", "storms", " are", " loud", "."]
+    assert fragment_end(opening, floor=3) == 3                 # "The storm." (2 words < 3): its "." is token 3
+    assert fragment_end(opening, floor=2) is None              # 2 words are not under a floor of 2
+    assert fragment_end(["The", " storm", "."], floor=3) is None   # the whole answer: the length clause's case
+    assert fragment_end(["Thunder", "storms", " are", " loud", ".", " Yes"], floor=3) is None   # a real sentence
+    assert fragment_end(["e", ".g", ".", " rain"], floor=3) is None   # no sentence end at all

@@ -92,6 +92,18 @@ def test_pca_basis_finds_the_line_and_caps_k():
     assert abs(float(dirs[:, 0] @ direction)) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_pca_basis_within_groups_finds_how_answers_to_one_prompt_differ():
+    # two prompts far apart on y; within each, the answers differ by +-1 on x and +-0.5 on y
+    points = torch.tensor([[-1.0, 10.0], [1.0, 10.0], [0.0, 9.5], [0.0, 10.5],
+                           [-1.0, -10.0], [1.0, -10.0], [0.0, -9.5], [0.0, -10.5]])
+    groups = ["a"] * 4 + ["b"] * 4
+    mean, across = er.pca_basis(points, k=1)
+    assert abs(float(across[1, 0])) == pytest.approx(1.0, abs=1e-5)   # raw: which prompt (y)
+    mean_w, within = er.pca_basis(points, k=1, groups=groups)
+    assert abs(float(within[0, 0])) == pytest.approx(1.0, abs=1e-5)   # within: how the answers differ (x)
+    assert torch.allclose(mean_w, points.mean(0))                      # scoring still subtracts the overall mean
+
+
 def test_prompt_text_is_the_last_user_turn():
     msgs = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "a"},
             {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
