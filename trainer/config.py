@@ -345,7 +345,7 @@ class RAFTConfig(PolicyConfig):
                                       # "The thunderstorms."): v0 itself opens 13 of 136 unseen prompts' greedy answers
                                       # that way (bench/greedy_openings.py), and the trained versions 3-12 with the
                                       # rule vs 8-14 without (one run each) — no gain shown
-    fragment_unlikelihood_weight: float = 0.0  # weight of an unlikelihood term on the token that ends a fragment opening
+    fragment_unlikelihood_weight: float = 1.0  # weight of an unlikelihood term on the token that ends a fragment opening
                                       # (common/degeneracy.fragment_opening: a first sentence that, were the answer to
                                       # stop there, would be "far too short": "The storm." before "Thunderstorms are
                                       # ...") in every sample of the round that opens with one, kept or not. Why: the
@@ -354,7 +354,13 @@ class RAFTConfig(PolicyConfig):
                                       # v0's own (13 of 136 unseen prompts' greedy answers) and the stop after it is
                                       # what fine-tuning adds. Unlearning the "." after "The storm" makes the policy
                                       # write the sentence on ("The storm is ..."), so it has no fragment to stop
-                                      # after, on prompts it never saw: the pattern is generic, not the topic's. 0 = off
+                                      # after, on prompts it never saw: the pattern is generic, not the topic's. 0 = off.
+                                      # Measured (session 25, bench/raft_degenerate_ab.py, one round from v0, same samples,
+                                      # 136 unseen prompts, greedy): fragment openings 19 -> 0, degenerate 2 -> 2 (both
+                                      # loops either way: "The thunderstorms – they're a never-ending cycle of chaos, a
+                                      # never-ending cycle"), finished 0.79 -> 0.79, win vs v0 0.83 -> 0.81, KL 3.80 ->
+                                      # 3.46 at the last epoch (raft_fragment_ab_s25_last_epoch.json); at 3.0 and with the
+                                      # loop check both weights kept epoch 1 (win 0.61 / 0.74, raft_fragment_ab_s25.json)
     fragment_batch: int = 8           # fragment openings in each step's term (cycled)
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")

@@ -66,3 +66,19 @@ def test_fragment_end_marks_the_token_closing_a_too_short_first_sentence():
     assert fragment_end(["The", " storm", "."], floor=3) is None   # the whole answer: the length clause's case
     assert fragment_end(["Thunder", "storms", " are", " loud", ".", " Yes"], floor=3) is None   # a real sentence
     assert fragment_end(["e", ".g", ".", " rain"], floor=3) is None   # no sentence end at all
+
+
+def test_fragment_targets_cut_at_the_fragment_and_mark_its_closing_token():
+    from types import SimpleNamespace
+
+    from common.tiny_model import build_tokenizer
+    from trainer.rejection import fragment_targets
+    tok = build_tokenizer()
+    usual = " ".join(["word"] * 50)                    # the prompt's usual answer: 50 words, floor 3
+    fragment = tok("The sea. The capital of France is Paris.", add_special_tokens=False).input_ids
+    whole = tok("The capital of France is Paris. It is sunny.", add_special_tokens=False).input_ids
+    out = fragment_targets(SimpleNamespace(tokenizer=tok), [([1, 2], fragment, usual), ([1, 2], whole, usual)])
+    assert len(out) == 1                                # only the answer that opens with a fragment
+    prompt, response, marks = out[0]
+    assert prompt == [1, 2] and tok.decode(response) == "The sea."
+    assert marks == [False] * (len(response) - 1) + [True]   # the token that closed "The sea"
