@@ -345,7 +345,7 @@ class RAFTConfig(PolicyConfig):
                                       # "The thunderstorms."): v0 itself opens 13 of 136 unseen prompts' greedy answers
                                       # that way (bench/greedy_openings.py), and the trained versions 3-12 with the
                                       # rule vs 8-14 without (one run each) — no gain shown
-    fragment_unlikelihood_weight: float = 1.0  # weight of an unlikelihood term on the token that ends a fragment opening
+    fragment_unlikelihood_weight: float = 0.0  # weight of an unlikelihood term on the token that ends a fragment opening
                                       # (common/degeneracy.fragment_opening: a first sentence that, were the answer to
                                       # stop there, would be "far too short": "The storm." before "Thunderstorms are
                                       # ...") in every sample of the round that opens with one, kept or not. Why: the
@@ -360,7 +360,12 @@ class RAFTConfig(PolicyConfig):
                                       # loops either way: "The thunderstorms – they're a never-ending cycle of chaos, a
                                       # never-ending cycle"), finished 0.79 -> 0.79, win vs v0 0.83 -> 0.81, KL 3.80 ->
                                       # 3.46 at the last epoch (raft_fragment_ab_s25_last_epoch.json); at 3.0 and with the
-                                      # loop check both weights kept epoch 1 (win 0.61 / 0.74, raft_fragment_ab_s25.json)
+                                      # loop check both weights kept epoch 1 (win 0.61 / 0.74, raft_fragment_ab_s25.json).
+                                      # Why off: the habit moves rather than goes. In the balanced demo at 1.0
+                                      # (docs/demo/balanced-session25-fragment-unlikelihood) the served v1 (81%) had 2
+                                      # degenerate held-out answers of 24, both loops after an opening now closed by
+                                      # "..." ("The trains... they're a never-ending journey, a never-ending journey"),
+                                      # as the A/B's loops opened with "The tunnels –": no fewer degenerate answers shown
     fragment_batch: int = 8           # fragment openings in each step's term (cycled)
     drop_degenerate: bool = True      # never keep a degenerate sample; False only for models whose text is
                                       # not language (the tests' random tiny model: all "off the prompt")
