@@ -34,7 +34,10 @@ unlikelihood on those answers' own stop token or repeated tokens, then a re-chec
 A round's drift is braked (`kl_brake_share`, trainer/kl_brake.py): when the policy's sampled KL to the
 anchor is above a share of the deployment's budget, its weights are pulled back toward the served ones.
 
-Loops can also be unlearned (`unlikelihood_weight`, off): the policy's own answers that repeat themselves — among
+A sample that opens with a fragment ("The storm. Thunderstorms are ...") can have the token that closed
+the fragment unlearned (`fragment_unlikelihood_weight`, off: the habit moved to "The trains..." and loops).
+
+Loops are also unlearned (`unlikelihood_weight`, 0.3): the policy's own answers that repeat themselves — among
 the samples and its greedy answers to the round's prompts, the decoding the gate and the report
 use — add a sequence-level unlikelihood term (Welleck et al. 2019) on their repeated tokens to each
 step. Likelihood training on a few dozen answers sharpens the policy, and a sharper small model
