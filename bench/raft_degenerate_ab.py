@@ -163,9 +163,11 @@ def main() -> None:
                 (out / "bench_metrics.json").write_text(json.dumps(metrics, default=str))
                 stamp.write_text(json.dumps(config))
             row = {"overrides": json.loads(overrides or "{}"), "train_seconds": round(time.time() - t),
-                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "fragment_openings", "fragment_targets", "eos_fraction", "steps", "loop_check_kept_epoch",
+                   **{k: metrics.get(k) for k in ("kept", "kept_closed", "fragment_targets", "eos_fraction", "steps", "loop_check_kept_epoch",
                                                   "loop_check_degenerate_last", "loop_check_degenerate_kept",
-                                                  "repair")}}
+                                                  "repair")},
+                   # the round's samples that opened with a fragment; "fragment_openings" (from judge) is the greedy count
+                   "sample_fragment_openings": metrics.get("fragment_openings")}
         row.update(**judge(out, evals, base, args.preference),
                    kl_to_v0=round(kl_between(out, v0, [item(p) for p in evals[:48]], max_new_tokens=MAX_NEW, n_samples=2), 3))
         result["variants"][name] = row
