@@ -154,7 +154,7 @@ class ModelRegistry:
             if move:
                 shutil.move(str(src), tmp)
             else:
-                _copy_tree_linked(src, tmp)
+                copy_tree_linked(src, tmp)
             meta = dict(metadata or {})
             meta.setdefault("created", time.time())
             meta["version"] = version
@@ -265,7 +265,7 @@ class ModelRegistry:
         return deleted
 
 
-def _copy_tree_linked(src: Path, dst: Path) -> None:
+def copy_tree_linked(src: Path, dst: Path) -> None:
     """Copy a folder, hard-linking files where possible (v0 of a 500 MB model costs nothing)."""
     def link_or_copy(s, d):
         try:

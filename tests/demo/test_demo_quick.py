@@ -21,7 +21,7 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
     proc = subprocess.run(
         [exe, "demo", "--quick", "--model", str(tiny_model_dir), "--out", str(out),
          "--interactions", "16", "--ppo", '{"steps": 2, "max_new_tokens": 12, "trainable_layers": null}',
-         "--rm", '{"trainable_layers": null}'],
+         "--rm", '{"trainable_layers": null}', "--repetition-penalty", "1.1"],
         env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -34,6 +34,13 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
     assert rounds[0]["pipeline"]["state"] in ("succeeded", "rejected")
     report = (out / "report.md").read_text()
     assert "| v1 |" in report and "versions.png" in report
+    # the decoding default travels with the model: the served base, and the version trained from it
+    # (published or refused), carry it in generation_config.json, and the report says so
+    for version in ("v0", "v1"):
+        config = json.loads((out / "data" / "models" / version / "generation_config.json").read_text())
+        assert config["repetition_penalty"] == 1.1, version
+    assert "repetition penalty 1.1" in report
+    assert "repetition_penalty" not in (tiny_model_dir / "generation_config.json").read_text()
     for png in ("versions.png", "ppo_steps.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # no process of the demo survives it, and its Redis namespace is gone

@@ -1,0 +1,45 @@
+"""Decoding defaults that travel with a model folder, in its generation_config.json.
+
+Why there: every greedy answer the system judges (the gate's, the demo report's, RAFT's loop check)
+comes from HF `generate`, and every served answer from vLLM (`generation_config="auto"`); both fill
+the sampling parameters a call does not set from the model folder's generation_config.json. A default
+written there (here: `repetition_penalty`) therefore decodes the same way in the gate, the report and
+serving, and a version the gate passed is judged on the answers users get. Trained versions inherit
+it: the trainer saves the actor's generation_config with its weights. Sampled training rollouts set
+`repetition_penalty=1.0` explicitly (trainer/rollout.py): PPO/RAFT must sample from π itself.
+
+The penalty is CTRL's (Keskar et al. 2019), as both libraries implement it: the logit of every token
+already in the prompt or the answer so far is divided by it when positive, multiplied when negative.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from common.registry import copy_tree_linked
+
+CONFIG_FILE = "generation_config.json"
+
+
+def generation_defaults(model_dir: str | Path) -> dict:
+    """The folder's generation_config.json ({} when it has none)."""
+    path = Path(model_dir) / CONFIG_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def with_generation_defaults(src: str | Path, dst: str | Path, **defaults) -> Path:
+    """`dst`: a copy of the model folder `src` (files hard-linked, so a 500 MB model costs nothing)
+    whose generation_config.json also holds `defaults`. The config is written as a new file, never
+    edited in place: a hard-linked file shares its content with `src`, which must stay as it was.
+    An existing `dst` is replaced."""
+    src, dst = Path(src), Path(dst)
+    config = {**generation_defaults(src), **defaults}
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy_tree_linked(src, tmp)
+    (tmp / CONFIG_FILE).unlink(missing_ok=True)            # drop the link before writing
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst

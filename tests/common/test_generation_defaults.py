@@ -1,0 +1,63 @@
+"""A decoding default written into a model folder's generation_config.json reaches every greedy answer
+the system judges (HF `generate`, as the gate, the report and RAFT's loop check call it), survives
+training's save, never touches the source folder it was copied from, and stays out of sampled
+training rollouts (PPO/RAFT sample from π itself)."""
+import json
+from collections import Counter
+
+from common.generation_defaults import generation_defaults, with_generation_defaults
+from trainer.data import PromptItem
+from trainer.evaluate import generate_finished
+from trainer.modeling import load_causal_lm
+
+PROMPTS = [PromptItem([{"role": "user", "content": f"tell me about topic {i} please"}]) for i in range(6)]
+
+
+def repeats(text: str) -> int:
+    """How many tokens of the answer repeat an earlier one."""
+    return sum(c - 1 for c in Counter(text.split()).values())
+
+
+def test_copy_carries_the_default_and_leaves_the_source_alone(tiny_model_dir, tmp_path):
+    before = (tiny_model_dir / "generation_config.json").read_text()
+    out = with_generation_defaults(tiny_model_dir, tmp_path / "m", repetition_penalty=1.3)
+    assert generation_defaults(out)["repetition_penalty"] == 1.3
+    # the rest of the model's generation config is kept
+    assert generation_defaults(out)["eos_token_id"] == generation_defaults(tiny_model_dir)["eos_token_id"]
+    # the config was written as a new file: the hard-linked source is unchanged
+    assert (tiny_model_dir / "generation_config.json").read_text() == before
+    assert "repetition_penalty" not in json.loads(before)
+    # the weights are shared, not copied
+    weights = next(tiny_model_dir.glob("*.safetensors"))
+    assert (out / weights.name).stat().st_ino == weights.stat().st_ino
+    # an existing copy is replaced
+    again = with_generation_defaults(tiny_model_dir, tmp_path / "m", repetition_penalty=1.1)
+    assert generation_defaults(again)["repetition_penalty"] == 1.1
+
+
+def test_greedy_answers_decode_with_it_and_a_trained_save_keeps_it(tiny_model_dir, tmp_path):
+    guarded = with_generation_defaults(tiny_model_dir, tmp_path / "guarded", repetition_penalty=50.0)
+    plain, _ = generate_finished(tiny_model_dir, PROMPTS, max_new_tokens=24, greedy=True)
+    strict, _ = generate_finished(guarded, PROMPTS, max_new_tokens=24, greedy=True)
+    assert sum(map(repeats, plain)) > 0, "the random tiny model's greedy answers should repeat tokens"
+    assert sum(map(repeats, strict)) < sum(map(repeats, plain))
+    # what the trainer does with a version's actor: load it, save it; the default goes along
+    load_causal_lm(guarded).save_pretrained(tmp_path / "trained")
+    assert generation_defaults(tmp_path / "trained")["repetition_penalty"] == 50.0
+
+
+def test_sampled_rollouts_ignore_it(tiny_model_dir, tmp_path):
+    guarded = with_generation_defaults(tiny_model_dir, tmp_path / "guarded", repetition_penalty=50.0)
+    a = generate_finished(tiny_model_dir, PROMPTS, max_new_tokens=16, greedy=False, seed=3)
+    b = generate_finished(guarded, PROMPTS, max_new_tokens=16, greedy=False, seed=3)
+    assert a == b
+
+
+def test_vllm_serves_with_it(tiny_model_dir, tmp_path):
+    """The serving side of the contract: vLLM's model config (generation_config="auto", what
+    `rlhf serve` and `vllm serve` use) turns the folder's default into the default sampling
+    parameters of every request that does not set it."""
+    from vllm.config import ModelConfig
+    guarded = with_generation_defaults(tiny_model_dir, tmp_path / "guarded", repetition_penalty=1.2)
+    assert ModelConfig(model=str(guarded), dtype="float32").get_diff_sampling_param() == {"repetition_penalty": 1.2}
+    assert ModelConfig(model=str(tiny_model_dir), dtype="float32").get_diff_sampling_param() == {}
