@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from bench.greedy_openings import run_versions  # noqa: E402
 from bench.raft_degenerate_ab import MAX_NEW, eval_prompts, short_first_sentence  # noqa: E402
 from common.degeneracy import degenerate_reasons  # noqa: E402
 from demo.personas import hidden_score  # noqa: E402
@@ -70,8 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     run = Path(args.run)
-    models = sorted((p for p in (run / "data" / "models").glob("v*") if (p / "config.json").exists()),
-                    key=lambda p: int(p.name[1:]))
+    models = run_versions(run)
     if args.versions:
         models = [m for m in models if m.name in args.versions.split(",")]
     prompts = eval_prompts(json.loads((ROOT / "demo" / "data" / "prompts.json").read_text()))

@@ -31,6 +31,12 @@ from trainer.evaluate import generate_finished  # noqa: E402
 ROOT = Path(__file__).parents[1]
 
 
+def run_versions(run: Path) -> list[Path]:
+    """A demo run's version folders (its --out folder's data/models/vN), v0 first."""
+    return sorted((p for p in (run / "data" / "models").glob("v*") if (p / "config.json").exists()),
+                  key=lambda p: int(p.name[1:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", help="a demo's --out folder (its data/models/vN)")
@@ -38,8 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     run = Path(args.run)
-    models = sorted((p for p in (run / "data" / "models").glob("v*") if (p / "config.json").exists()),
-                    key=lambda p: int(p.name[1:]))
+    models = run_versions(run)
     prompts = eval_prompts(json.loads((ROOT / "demo" / "data" / "prompts.json").read_text()))
     result = {"run": str(run), "prompts": len(prompts), "versions": {}}
     base: list[str] = []
