@@ -22,10 +22,17 @@ from common.registry import copy_tree_linked
 CONFIG_FILE = "generation_config.json"
 
 
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def generation_defaults(model_dir: str | Path) -> dict:
-    """The folder's generation_config.json ({} when it has none)."""
-    path = Path(model_dir) / CONFIG_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The folder's generation_config.json; without one, the special token ids of its config.json
+    (what HF derives a generation config from then), so a written file never loses the EOS."""
+    path, model_config = Path(model_dir) / CONFIG_FILE, Path(model_dir) / "config.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    config = json.loads(model_config.read_text()) if model_config.exists() else {}
+    return {k: config[k] for k in TOKEN_IDS if config.get(k) is not None}
 
 
 def with_generation_defaults(src: str | Path, dst: str | Path, **defaults) -> Path:

@@ -35,6 +35,15 @@ def test_copy_carries_the_default_and_leaves_the_source_alone(tiny_model_dir, tm
     assert generation_defaults(again)["repetition_penalty"] == 1.1
 
 
+def test_a_model_without_a_generation_config_keeps_its_special_tokens(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"eos_token_id": 2, "bos_token_id": 1, "pad_token_id": None}))
+    out = with_generation_defaults(src, tmp_path / "out", repetition_penalty=1.1)
+    assert generation_defaults(out) == {"bos_token_id": 1, "eos_token_id": 2, "repetition_penalty": 1.1}
+    assert not (src / "generation_config.json").exists()
+
+
 def test_greedy_answers_decode_with_it_and_a_trained_save_keeps_it(tiny_model_dir, tmp_path):
     guarded = with_generation_defaults(tiny_model_dir, tmp_path / "guarded", repetition_penalty=50.0)
     plain, _ = generate_finished(tiny_model_dir, PROMPTS, max_new_tokens=24, greedy=True)
