@@ -27,9 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench.greedy_openings import run_versions  # noqa: E402
-from bench.raft_degenerate_ab import MAX_NEW, eval_prompts, short_first_sentence  # noqa: E402
+from bench.raft_degenerate_ab import MAX_NEW, eval_prompts, judge_answers  # noqa: E402
 from common.degeneracy import degenerate_reasons  # noqa: E402
-from demo.personas import hidden_score  # noqa: E402
 from trainer.modeling import eos_token_ids, load_causal_lm, load_tokenizer, prompt_token_ids  # noqa: E402
 from trainer.rollout import HFGenerator, SamplingSettings  # noqa: E402
 
@@ -47,18 +46,10 @@ def greedy(model, tokenizer, prompts: list[str], penalty: float) -> tuple[list[s
 
 
 def judge(prompts, answers, done, base, preference) -> dict:
-    bad = [(p, a[:90], r[0]) for p, a, b in zip(prompts, answers, base[0]) for r in [degenerate_reasons(a, p, b)] if r]
-    score = lambda p, a, f: hidden_score(a, f, p, preference=preference)  # noqa: E731
-    new = [score(p, a, f) for p, a, f in zip(prompts, answers, done)]
-    old = [score(p, a, f) for p, a, f in zip(prompts, *base)]
-    wins = sum(1.0 if n > o + 1e-9 else 0.5 if abs(n - o) <= 1e-9 else 0.0 for n, o in zip(new, old))
-    loops = sum(any(r.startswith("repeated") or r.startswith("one word") for r in degenerate_reasons(a, p, b))
+    """raft_degenerate_ab's judgement, plus how many degenerate answers are loops (the repetition clauses)."""
+    loops = sum(any(r.startswith(("repeated", "one word")) for r in degenerate_reasons(a, p, b))
                 for p, a, b in zip(prompts, answers, base[0]))
-    return {"degenerate": len(bad), "loops": loops,
-            "fragment_openings": sum(short_first_sentence(a, b) for a, b in zip(answers, base[0])),
-            "finished": round(sum(done) / len(done), 3), "win_vs_v0": round(wins / len(prompts), 3),
-            "hidden": round(sum(new) / len(new), 3), "words": round(sum(len(a.split()) for a in answers) / len(answers), 1),
-            "examples": bad[:6]}
+    return {**judge_answers(prompts, answers, done, base, preference), "loops": loops}
 
 
 def main() -> None:

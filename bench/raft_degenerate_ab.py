@@ -88,6 +88,13 @@ def labelled_pairs(model: Path, prompts: list[str], preference: str) -> list[Pre
 
 def judge(model: Path, prompts: list[str], base: tuple[list[str], list[bool]], preference: str) -> dict:
     answers, done = generate_finished(model, [item(p) for p in prompts], MAX_NEW, greedy=True)
+    return judge_answers(prompts, answers, done, base, preference)
+
+
+def judge_answers(prompts: list[str], answers: list[str], done: list[bool], base: tuple[list[str], list[bool]],
+                  preference: str) -> dict:
+    """Degenerate answers (against v0's in `base`), fragment openings, finished share, the taste's win
+    share vs v0 and mean score, words."""
     bad = [(p, a[:100], r[0]) for p, a, b in zip(prompts, answers, base[0]) for r in [degenerate_reasons(a, p, b)] if r]
     score = lambda p, a, f: hidden_score(a, f, p, preference=preference)  # noqa: E731
     new = [score(p, a, f) for p, a, f in zip(prompts, answers, done)]
