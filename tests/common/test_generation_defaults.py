@@ -101,3 +101,15 @@ def test_output_penalties_reach_greedy_answers_and_vllm(tiny_model_dir, tmp_path
     assert ModelConfig(model=str(guarded), dtype="float32").get_diff_sampling_param() == {"presence_penalty": 1000.0}
     a = generate_finished(tiny_model_dir, PROMPTS, max_new_tokens=16, greedy=False, seed=3)
     assert generate_finished(guarded, PROMPTS, max_new_tokens=16, greedy=False, seed=3) == a
+
+
+def test_decoding_defaults_are_checked_and_described():
+    from common.generation_defaults import check_decoding, describe_decoding
+    assert check_decoding({"repetition_penalty": 1.1, "presence_penalty": -0.5, "top_k": -1, "temperature": 0}) == ""
+    assert "unknown decoding key 'no_repeat_ngram_size'" in check_decoding({"no_repeat_ngram_size": 3})
+    assert "must be a number" in check_decoding({"presence_penalty": "1"})
+    assert "must be a number" in check_decoding({"frequency_penalty": True})
+    assert "out of range" in check_decoding({"repetition_penalty": 0})
+    assert "out of range" in check_decoding({"presence_penalty": 2.5})
+    assert "out of range" in check_decoding({"top_p": 1.5})
+    assert describe_decoding({"repetition_penalty": 1.1, "presence_penalty": 1.0}) == "repetition penalty 1.1, presence penalty 1"
