@@ -1,15 +1,17 @@
-"""A demo run's versions under greedy decoding with a repetition penalty, on prompts none of them
-trained on: degenerate answers (common/degeneracy.py, against v0's answer at the same penalty),
-fragment openings, finished share, words, and the hidden taste's win share vs v0 at the same penalty.
+"""A demo run's versions under greedy decoding with a decoding guard against loops, on prompts none of
+them trained on: degenerate answers (common/degeneracy.py, against v0's answer decoded the same way),
+fragment openings, finished share, words, and the hidden taste's win share vs v0 decoded the same way.
 
 Why: the served versions' remaining degenerate answers are v0's own loops ("a never-ending journey, a
-never-ending journey"), which RAFT-side terms moved but did not remove (sessions 14-25). A repetition
-penalty (CTRL-style: the logit of every token already in the prompt or the answer is divided by it
-when positive, multiplied when negative) is applied the same way by HF `generate` and by vLLM, both
-reading it from the model folder's generation_config.json — so gate, report and serving would decode
-alike. This measures what it does to loops, fragments and the taste, per penalty, before any default.
+never-ending journey"), which RAFT-side terms moved but did not remove (sessions 14-25). Two guards:
+CTRL's repetition penalty (the logit of every token already in the prompt *or* the answer is divided
+by it when positive, multiplied when negative; HF `generate` and vLLM alike), and OpenAI's presence /
+frequency penalties (only the answer's own tokens, lowered by a constant / per occurrence; vLLM, and
+trainer/rollout.OutputPenalties for HF). Both are read from the model folder's generation_config.json,
+so gate, report and serving decode alike. This measures what each does to loops, fragments and the
+taste before any default.
 
-    python bench/decode_guard.py /work/runs/X [--penalties 1.0,1.1,1.2] [--preference balanced]
+    python bench/decode_guard.py /work/runs/X [--penalties 1.0,1.1,1.2 | --decodings SETTINGS] [--preference balanced]
         [--out bench/results/decode_guard-X.json]
 
 Prompts: bench/raft_degenerate_ab.py's evaluation set (the demo's four question templates on the
@@ -35,9 +37,34 @@ from trainer.rollout import HFGenerator, SamplingSettings  # noqa: E402
 ROOT = Path(__file__).parents[1]
 
 
-def greedy(model, tokenizer, prompts: list[str], penalty: float) -> tuple[list[str], list[bool]]:
-    """Greedy answers with `penalty` set as the checkpoint's generation_config would set it."""
-    model.generation_config.repetition_penalty = penalty
+NEUTRAL = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
+def parse_decodings(text: str) -> list[dict]:
+    """Settings from text: "repetition_penalty=1.1,frequency_penalty=0.5+presence_penalty=0.5" -> one dict per setting
+    (settings split by ",", keys of one setting joined by "+"); unknown keys are refused."""
+    out = []
+    for item in filter(None, text.split(",")):
+        setting = {}
+        for pair in item.split("+"):
+            key, _, value = pair.partition("=")
+            if key not in NEUTRAL:
+                raise SystemExit(f"unknown decoding key {key!r} (known: {', '.join(NEUTRAL)})")
+            setting[key] = float(value)
+        out.append(setting)
+    return out
+
+
+def label(setting: dict) -> str:
+    short = {"repetition_penalty": "rp", "presence_penalty": "pp", "frequency_penalty": "fp"}
+    return "+".join(f"{short[k]}{v:g}" for k, v in setting.items())
+
+
+def greedy(model, tokenizer, prompts: list[str], setting: dict) -> tuple[list[str], list[bool]]:
+    """Greedy answers with `setting` in place as the checkpoint's generation_config would set it (HF applies
+    the repetition penalty, trainer/rollout.OutputPenalties the presence/frequency ones, as vLLM would)."""
+    for key, value in {**NEUTRAL, **setting}.items():
+        setattr(model.generation_config, key, value)
     ids = [prompt_token_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     eos = eos_token_ids(model, tokenizer)
     out = HFGenerator(model).generate(ids, SamplingSettings(max_new_tokens=MAX_NEW, greedy=True, eos_token_ids=eos,
@@ -55,7 +82,9 @@ def judge(prompts, answers, done, base, preference) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", help="a demo's --out folder (its data/models/vN)")
-    ap.add_argument("--penalties", default="1.0,1.1,1.2")
+    ap.add_argument("--penalties", default="1.0,1.1,1.2", help="repetition penalties (without --decodings)")
+    ap.add_argument("--decodings", default=None, help='settings to compare, e.g. "repetition_penalty=1.1,'
+                    'frequency_penalty=0.5,presence_penalty=0.5+frequency_penalty=0.2" (keys joined by +)')
     ap.add_argument("--preference", default="balanced")
     ap.add_argument("--versions", default=None, help="comma-separated names (default: every vN)")
     ap.add_argument("--out", default=None)
@@ -66,21 +95,22 @@ def main() -> None:
     if args.versions:
         models = [m for m in models if m.name in args.versions.split(",")]
     prompts = eval_prompts(json.loads((ROOT / "demo" / "data" / "prompts.json").read_text()))
-    penalties = [float(x) for x in args.penalties.split(",")]
+    settings = (parse_decodings(args.decodings) if args.decodings
+                else [{"repetition_penalty": float(x)} for x in args.penalties.split(",")])
     out = Path(args.out or ROOT / "bench" / "results" / f"decode_guard-{run.name}.json")
     result = {"run": str(run), "preference": args.preference, "prompts": len(prompts), "rows": {}}
-    base: dict[float, tuple] = {}
+    base: dict[str, tuple] = {}
     for model_dir in models:
         tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
         meta = json.loads((model_dir / "rlhf_version.json").read_text()) if (model_dir / "rlhf_version.json").exists() else {}
-        for penalty in penalties:
-            t = time.time()
-            answers, done = greedy(model, tokenizer, prompts, penalty)
-            base.setdefault(penalty, (answers, done))    # v0 first: each version against v0 at the same penalty
-            row = {"gate_passed": (meta.get("gate") or {}).get("passed"), "penalty": penalty,
-                   **judge(prompts, answers, done, base[penalty], args.preference), "seconds": round(time.time() - t)}
-            result["rows"][f"{model_dir.name}@{penalty}"] = row
-            print(model_dir.name, json.dumps(row), flush=True)
+        for setting in settings:
+            t, name = time.time(), label(setting)
+            answers, done = greedy(model, tokenizer, prompts, setting)
+            base.setdefault(name, (answers, done))    # v0 first: each version against v0 decoded the same way
+            row = {"gate_passed": (meta.get("gate") or {}).get("passed"), "decoding": setting,
+                   **judge(prompts, answers, done, base[name], args.preference), "seconds": round(time.time() - t)}
+            result["rows"][f"{model_dir.name}@{name}"] = row
+            print(model_dir.name, name, json.dumps(row), flush=True)
             out.write_text(json.dumps(result, indent=1))
     print("wrote", out)
 

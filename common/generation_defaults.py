@@ -23,6 +23,10 @@ CONFIG_FILE = "generation_config.json"
 
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+# the sampling defaults vLLM takes from generation_config.json (ModelConfig.get_diff_sampling_param),
+# with the values its SamplingParams accepts
+DECODING_KEYS = {"repetition_penalty": (0.0, None), "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0),
+                 "temperature": (0.0, None), "top_p": (0.0, 1.0), "top_k": (-1, None), "min_p": (0.0, 1.0)}
 
 
 def generation_defaults(model_dir: str | Path) -> dict:
@@ -50,3 +54,23 @@ def with_generation_defaults(src: str | Path, dst: str | Path, **defaults) -> Pa
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst
+
+
+def check_decoding(decoding: dict) -> str:
+    """What is wrong with a set of decoding defaults ("" when nothing): an unknown key, a value that is
+    not a number or out of vLLM's range (repetition_penalty and top_p above 0, temperature at least 0)."""
+    for key, value in decoding.items():
+        if key not in DECODING_KEYS:
+            return f"unknown decoding key {key!r} (known: {', '.join(DECODING_KEYS)})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{key} must be a number (got {value!r})"
+        low, high = DECODING_KEYS[key]
+        open_low = key in ("repetition_penalty", "top_p")
+        if (value <= low if open_low else value < low) or (high is not None and value > high):
+            return f"{key} {value} is out of range ({'>' if open_low else '>='} {low}{f', <= {high}' if high is not None else ''})"
+    return ""
+
+
+def describe_decoding(decoding: dict) -> str:
+    """'repetition penalty 1.1, presence penalty 1' for a report."""
+    return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in decoding.items())

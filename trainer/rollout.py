@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from trainer.modeling import left_pad
 
@@ -71,7 +72,10 @@ class HFGenerator:
             kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sampling.eos_token_ids,
                           pad_token_id=sampling.pad_token_id)
             if sampling.greedy:
-                kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+                # the decoding users get: HF applies the checkpoint's repetition_penalty itself; its
+                # presence/frequency penalties (vLLM's, which HF lacks) are applied here
+                kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None,
+                              logits_processor=output_penalties(self.model.generation_config, ids.shape[1]))
             else:
                 # explicit values override the checkpoint's generation_config (e.g. top_k=50,
                 # repetition_penalty): PPO needs samples from π itself. top_k=0 disables top-k.
@@ -81,3 +85,31 @@ class HFGenerator:
             for row in out[:, ids.shape[1]:].tolist():
                 responses.append(trim_response(row, sampling.eos_token_ids, sampling.pad_token_id))
         return responses
+
+
+class OutputPenalties(LogitsProcessor):
+    """OpenAI's and vLLM's presence and frequency penalties, which HF `generate` does not have: the
+    logit of every token already in the *answer* (not the prompt) is lowered by `presence`, and by
+    `frequency` per time it occurs there — vLLM's order and arithmetic (after the repetition penalty,
+    on the raw logits). Why not the prompt: a penalty on the prompt's words also pushes an answer off
+    the subject it was asked about (CTRL's repetition penalty does that)."""
+
+    def __init__(self, prompt_len: int, presence: float = 0.0, frequency: float = 0.0):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answer = input_ids[:, self.prompt_len:]
+        if answer.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def output_penalties(generation_config, prompt_len: int) -> LogitsProcessorList:
+    """The presence/frequency penalties a checkpoint's generation_config.json sets (vLLM reads the same
+    keys when serving it), as a processor list for `generate`; empty when it sets none."""
+    presence = float(getattr(generation_config, "presence_penalty", None) or 0.0)
+    frequency = float(getattr(generation_config, "frequency_penalty", None) or 0.0)
+    if not (presence or frequency):
+        return LogitsProcessorList()
+    return LogitsProcessorList([OutputPenalties(prompt_len, presence, frequency)])

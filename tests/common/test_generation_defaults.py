@@ -70,3 +70,46 @@ def test_vllm_serves_with_it(tiny_model_dir, tmp_path):
     guarded = with_generation_defaults(tiny_model_dir, tmp_path / "guarded", repetition_penalty=1.2)
     assert ModelConfig(model=str(guarded), dtype="float32").get_diff_sampling_param() == {"repetition_penalty": 1.2}
     assert ModelConfig(model=str(tiny_model_dir), dtype="float32").get_diff_sampling_param() == {}
+
+
+def test_output_penalties_lower_only_the_answer_tokens_as_vllm_does():
+    """Hand-computed: vLLM's presence/frequency arithmetic on the raw logits, answer tokens only."""
+    import torch
+
+    from trainer.rollout import OutputPenalties, output_penalties
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    ids = torch.tensor([[0, 3, 1, 1, 2]])         # prompt [0, 3], answer so far [1, 1, 2]
+    out = OutputPenalties(prompt_len=2, presence=1.0, frequency=0.5)(ids, scores.clone())
+    # token 0 and 3 only in the prompt: untouched; token 1 twice: -1 - 2*0.5; token 2 once: -1 - 0.5
+    assert out.tolist() == [[1.0, 0.0, 1.5, 4.0]]
+    assert OutputPenalties(prompt_len=5, presence=1.0)(ids, scores.clone()).tolist() == scores.tolist()
+
+    class Config:
+        presence_penalty, frequency_penalty = None, 0.0
+    assert len(output_penalties(Config(), 2)) == 0          # none set: nothing added to generate
+
+
+def test_output_penalties_reach_greedy_answers_and_vllm(tiny_model_dir, tmp_path):
+    """presence/frequency penalties in generation_config.json: HF greedy answers (gate, report) apply them
+    through trainer/rollout.OutputPenalties, vLLM reads the same keys; sampled rollouts stay π's."""
+    from vllm.config import ModelConfig
+    guarded = with_generation_defaults(tiny_model_dir, tmp_path / "guarded", presence_penalty=1000.0)
+    plain, _ = generate_finished(tiny_model_dir, PROMPTS, max_new_tokens=24, greedy=True)
+    strict, _ = generate_finished(guarded, PROMPTS, max_new_tokens=24, greedy=True)
+    assert sum(map(repeats, plain)) > 0
+    assert sum(map(repeats, strict)) == 0        # no answer token can come twice
+    assert ModelConfig(model=str(guarded), dtype="float32").get_diff_sampling_param() == {"presence_penalty": 1000.0}
+    a = generate_finished(tiny_model_dir, PROMPTS, max_new_tokens=16, greedy=False, seed=3)
+    assert generate_finished(guarded, PROMPTS, max_new_tokens=16, greedy=False, seed=3) == a
+
+
+def test_decoding_defaults_are_checked_and_described():
+    from common.generation_defaults import check_decoding, describe_decoding
+    assert check_decoding({"repetition_penalty": 1.1, "presence_penalty": -0.5, "top_k": -1, "temperature": 0}) == ""
+    assert "unknown decoding key 'no_repeat_ngram_size'" in check_decoding({"no_repeat_ngram_size": 3})
+    assert "must be a number" in check_decoding({"presence_penalty": "1"})
+    assert "must be a number" in check_decoding({"frequency_penalty": True})
+    assert "out of range" in check_decoding({"repetition_penalty": 0})
+    assert "out of range" in check_decoding({"presence_penalty": 2.5})
+    assert "out of range" in check_decoding({"top_p": 1.5})
+    assert describe_decoding({"repetition_penalty": 1.1, "presence_penalty": 1.0}) == "repetition penalty 1.1, presence penalty 1"

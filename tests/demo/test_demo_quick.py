@@ -21,7 +21,8 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
     proc = subprocess.run(
         [exe, "demo", "--quick", "--model", str(tiny_model_dir), "--out", str(out),
          "--interactions", "16", "--ppo", '{"steps": 2, "max_new_tokens": 12, "trainable_layers": null}',
-         "--rm", '{"trainable_layers": null}', "--repetition-penalty", "1.1"],
+         "--rm", '{"trainable_layers": null}', "--decoding", '{"presence_penalty": 0.5}',
+         "--repetition-penalty", "1.1"],
         env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -38,8 +39,8 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
     # (published or refused), carry it in generation_config.json, and the report says so
     for version in ("v0", "v1"):
         config = json.loads((out / "data" / "models" / version / "generation_config.json").read_text())
-        assert config["repetition_penalty"] == 1.1, version
-    assert "repetition penalty 1.1" in report
+        assert config["repetition_penalty"] == 1.1 and config["presence_penalty"] == 0.5, version
+    assert "repetition penalty 1.1, presence penalty 0.5" in report
     assert "repetition_penalty" not in (tiny_model_dir / "generation_config.json").read_text()
     for png in ("versions.png", "ppo_steps.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,6 @@
 """Closing a cut-off answer at a full sentence (trainer/rejection: sentence_ends, last_sentence_end,
 likeliest_stop) and the weight of the EOS that closes it (closing_weights)."""
-from trainer.rejection import last_sentence_end
+from trainer.raft_candidates import last_sentence_end
 
 
 def test_last_sentence_end_takes_the_last_whole_sentence():
@@ -34,13 +34,13 @@ def test_typical_answer_is_the_median_length_sample():
 
 
 def test_sentence_ends_lists_every_end():
-    from trainer.rejection import sentence_ends
+    from trainer.raft_candidates import sentence_ends
     assert sentence_ends(["A", ".", " B", " c", "!", " D"]) == [2, 5]
     assert sentence_ends(["no", " end"]) == []
 
 
 def test_likeliest_stop_picks_the_end_where_the_policy_leaned_to_stop():
-    from trainer.rejection import likeliest_stop
+    from trainer.raft_candidates import likeliest_stop
     # log π(EOS | first n tokens) at n = 0..7; sentence ends after 2, 5 and 7 tokens
     stop = [-9.0, -8.0, -3.0, -7.0, -7.0, -1.5, -6.0, -2.0]
     assert likeliest_stop([2, 5, 7], stop) == 5
@@ -59,7 +59,7 @@ def test_closing_weights_scale_only_the_closing_eos():
 
 
 def test_fragment_end_marks_the_token_closing_a_too_short_first_sentence():
-    from trainer.rejection import fragment_end
+    from trainer.raft_candidates import fragment_end
     opening = ["The", " storm", ".", " Thunder", "storms", " are", " loud", "."]
     assert fragment_end(opening, floor=3) == 3                 # "The storm." (2 words < 3): its "." is token 3
     assert fragment_end(opening, floor=2) is None              # 2 words are not under a floor of 2
