@@ -62,19 +62,19 @@ PRESETS = {
                       eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
                       rm={"kind": "embedding"}, algorithm="raft", policy={},
-                      decoding={"presence_penalty": 1.0}),
+                      decoding={"repetition_penalty": 1.1}),
 }
 # Decoding guard against greedy loops ("a never-ending journey, a never-ending journey"), measured with
 # bench/decode_guard.py: 136 prompts none of the versions trained on, greedy, each version against v0
 # decoded the same way. Session 26 (decode_guard-bal26a.json): without a guard v0 looped on 5 and the served
 # v1 had 4 degenerate answers; repetition_penalty 1.1 took v0 to 0 and v1 to 1 (0 loops), but CTRL's penalty
 # also lowers every word of the prompt, and the trained versions' hidden score fell (v1 .486 -> .415).
-# Session 27 (decode_guard-fe27a.json, a formal_expert run's v0-v2): presence_penalty 1.0 (answer tokens
-# only, OpenAI's/vLLM's) keeps 0 degenerate answers and 0 loops in every version and raises the hidden
-# score of every one over repetition_penalty 1.1: v0 .361 -> .392, v1 .542 -> .582, v2 .523 -> .581 (win vs v0
-# v1 .82 -> .86, v2 .88 -> .86); under the balanced taste (decode_guard-fe27a-balanced-taste.json) v0 .288 ->
-# .344, v1 .494 -> .535. 1.5 raised v0/v1 a little more but won less (v1 .82, v2 .79); frequency_penalty 0.5
-# was in between (v1 .553, v2 .581).
+# Session 27 tried presence_penalty 1.0 (answer tokens only, OpenAI's/vLLM's) in its place: on the same 136
+# prompts (decode_guard-fe27a.json, a formal_expert run's v0-v2) it kept 0 loops and raised every version's
+# hidden score (v1 .542 -> .582; balanced taste .494 -> .535), but in the demo (docs/demo/
+# formal_expert-session27-presence) the gate's prompts showed loops it lets through: v0 2 of 64 extra prompts,
+# the round-1 candidate "Paper is a type of paper made from a type of paper made from a type of paper." — a
+# flat 1-logit penalty does not stop a strongly peaked repeat, while CTRL's scales with the logit. So 1.1 stays.
 
 
 def add_commands(sub) -> None:
