@@ -72,9 +72,11 @@ PRESETS = {
 # Session 27 tried presence_penalty 1.0 (answer tokens only, OpenAI's/vLLM's) in its place: on the same 136
 # prompts (decode_guard-fe27a.json, a formal_expert run's v0-v2) it kept 0 loops and raised every version's
 # hidden score (v1 .542 -> .582; balanced taste .494 -> .535), but in the demo (docs/demo/
-# formal_expert-session27-presence) the gate's prompts showed loops it lets through: v0 2 of 64 extra prompts,
-# the round-1 candidate "Paper is a type of paper made from a type of paper made from a type of paper." — a
-# flat 1-logit penalty does not stop a strongly peaked repeat, while CTRL's scales with the logit. So 1.1 stays.
+# formal_expert-session27-presence) the gate's prompts showed loops it lets through: v0 2-3 of 64 extra prompts
+# (0 at 1.1 in three runs), the round-1 candidate "Paper is a type of paper made from a type of paper made from a
+# type of paper.", and every trained version had 1 of 24 report answers degenerate (served v2: 90% but a loop,
+# "They are the unsung heroes of our world. They are the unsung heroes of our world."). A flat 1-logit penalty
+# does not stop a strongly peaked repeat; CTRL's scales with the logit. So 1.1 stays.
 
 
 def add_commands(sub) -> None:
