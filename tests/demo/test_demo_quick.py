@@ -40,7 +40,7 @@ def test_demo_quick_runs_the_loop_and_writes_the_report(redis_url, tiny_model_di
     for version in ("v0", "v1"):
         config = json.loads((out / "data" / "models" / version / "generation_config.json").read_text())
         assert config["repetition_penalty"] == 1.1 and config["presence_penalty"] == 0.5, version
-    assert "repetition penalty 1.1, presence penalty 0.5" in report
+    assert "presence penalty 0.5" in report and "repetition penalty 1.1" in report
     assert "repetition_penalty" not in (tiny_model_dir / "generation_config.json").read_text()
     for png in ("versions.png", "ppo_steps.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
