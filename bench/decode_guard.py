@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench.greedy_openings import run_versions  # noqa: E402
 from bench.raft_degenerate_ab import MAX_NEW, eval_prompts, judge_answers  # noqa: E402
 from common.degeneracy import degenerate_reasons  # noqa: E402
+from common.generation_defaults import check_decoding  # noqa: E402
 from trainer.modeling import eos_token_ids, load_causal_lm, load_tokenizer, prompt_token_ids  # noqa: E402
 from trainer.rollout import HFGenerator, SamplingSettings  # noqa: E402
 
@@ -45,12 +46,11 @@ def parse_decodings(text: str) -> list[dict]:
     (settings split by ",", keys of one setting joined by "+"); unknown keys are refused."""
     out = []
     for item in filter(None, text.split(",")):
-        setting = {}
-        for pair in item.split("+"):
-            key, _, value = pair.partition("=")
-            if key not in NEUTRAL:
-                raise SystemExit(f"unknown decoding key {key!r} (known: {', '.join(NEUTRAL)})")
-            setting[key] = float(value)
+        setting = {key: float(value) for key, _, value in (pair.partition("=") for pair in item.split("+"))}
+        outside = set(setting) - set(NEUTRAL)     # greedy answers: only the penalties change them
+        problem = f"not a penalty: {sorted(outside)}" if outside else check_decoding(setting)
+        if problem:
+            raise SystemExit(f"--decodings {item!r}: {problem}")
         out.append(setting)
     return out
 

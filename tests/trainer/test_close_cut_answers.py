@@ -1,5 +1,5 @@
-"""Closing a cut-off answer at a full sentence (trainer/rejection: sentence_ends, last_sentence_end,
-likeliest_stop) and the weight of the EOS that closes it (closing_weights)."""
+"""Closing a cut-off answer at a full sentence (trainer/raft_candidates: sentence_ends, last_sentence_end,
+likeliest_stop) and the weight of the EOS that closes it (trainer/rejection: closing_weights)."""
 from trainer.raft_candidates import last_sentence_end
 
 
