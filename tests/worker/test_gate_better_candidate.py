@@ -110,7 +110,8 @@ def trained(smollm2_dir, tmp_path_factory):
 
 def test_genuinely_better_candidate_passes(trained, smollm2_dir):
     # as many gate prompts as the demo's gate uses (32 + the probe), none trained or judged on
-    gate_prompts = [_item(p) for p in PROMPTS["heldout"][:12] + PROMPTS["heldout"][20:40]]
+    # (heldout[24:48] are the 24 report prompts session 28 added: the same 32 prompts as before)
+    gate_prompts = [_item(p) for p in PROMPTS["heldout"][:12] + PROMPTS["heldout"][20:24] + PROMPTS["heldout"][48:64]]
     settings = Settings(data_dir=trained["work"] / "data", gate_eval_prompts=len(gate_prompts),
                         gate_max_new_tokens=MAX_NEW)
     gate = run_gate(trained["candidate"], smollm2_dir, smollm2_dir, gate_prompts, settings,
