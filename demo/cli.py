@@ -62,12 +62,12 @@ PRESETS = {
     # transformer RM judged pairs at chance (0.43-0.51 truth accuracy, ~140 pairs), the embedding RM at
     # 0.66-0.70, in 6-8 s instead of ~90 s (bench/results/rm_embedding_ab.json); with the answers' surface
     # features and words (RMConfig defaults since session 14) 0.76-0.84 at 200 pairs (rm_surface_s14*.json).
-    # Two rounds of 96 chats, not three of 64 (session 28): the same feedback in all, but the KL budget
-    # was spent by round 2 — RAFT's brake held round 3 to α 0.05-0.61 of its step (sessions 26-27) — and
-    # each round costs ~8-11 min of sampling, fine-tuning and gate on slow 2-core machines, so three took
-    # 35-40 min there. Measured (formal_expert, this machine: cpu_probe 7.9-9.8 s per step): 19.7 min;
-    # round 1 trains on 133 events and 45 prompts instead of ~92 and 29.
-    "default": Preset(rounds=2, interactions_per_round=96, max_tokens=64, n_users=16, concurrency=16,
+    # Three rounds of 64 chats. Session 28 tried two of 96 (the same feedback in all; the KL budget looked
+    # spent by round 2, as RAFT's brake had held round 3 to α 0.05-0.61 in sessions 26-27): 19.3-19.7 min
+    # instead of 25.4 on the same machine, but formal_expert served v1 at 73% and 75% of 48 prompts (v2
+    # refused, 76-79%), while three rounds of 64 served v2 at 90% (v1 85%, v3 92% refused); balanced served
+    # 92% with two. Two runs against one is no proof that three are better, but nothing showed two as good.
+    "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=16,
                       eval_prompts=48, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
                       rm={"kind": "embedding"}, algorithm="raft", policy={},
