@@ -67,7 +67,8 @@ PRESETS = {
     # spent by round 2, as RAFT's brake had held round 3 to α 0.05-0.61 in sessions 26-27): 19.3-19.7 min
     # instead of 25.4 on the same machine, but formal_expert served v1 at 73% and 75% of 48 prompts (v2
     # refused, 76-79%), while three rounds of 64 served v2 at 90% (v1 85%, v3 92% refused); balanced served
-    # 92% with two. Two runs against one is no proof that three are better, but nothing showed two as good.
+    # 92% with two and 79% with three (v1 84% and v3 86% refused on their judges' bounds). The spread from
+    # run to run is larger than any difference the round count made, so the longer-tested three stay.
     "default": Preset(rounds=3, interactions_per_round=64, max_tokens=64, n_users=16, concurrency=16,
                       eval_prompts=48, ppo={"steps": 8, "batch_size": 8, "mini_batch_size": 4,
                                             "max_new_tokens": 48, "lr": 7e-5, "init_kl_coef": 0.1},
