@@ -9,23 +9,17 @@ finished .10 → .79, formal_tone .54 → .70, concrete .32 → .18.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
-from demo.cli import PRESETS
-
 ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.rescore_demo import demo_run_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", type=Path, help="the demo's --out folder (holds data/models)")
-    ap.add_argument("preference")
-    ap.add_argument("--eval-prompts", type=int, default=PRESETS["default"].eval_prompts)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = demo_run_parser(__doc__.split("\n\n")[0]).parse_args()
     from transformers import AutoTokenizer
 
     from common.registry import ModelRegistry

@@ -21,14 +21,19 @@ from demo.evaluate import evaluate_versions
 ROOT = Path(__file__).parents[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def demo_run_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a bench that re-reads a finished demo: its folder, the preference, the report's prompts."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("out", type=Path, help="the demo's --out folder (holds data/models)")
     ap.add_argument("preference")
     ap.add_argument("--eval-prompts", type=int, default=PRESETS["default"].eval_prompts)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--json", type=Path, help="also write the rows (without example answers) to this file")
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    return ap
+
+
+def main() -> None:
+    args = demo_run_parser(__doc__.split("\n\n")[0]).parse_args()
     registry = ModelRegistry(args.out / "data" / "models")
     prompts = json.loads((ROOT / "demo" / "data" / "prompts.json").read_text())["heldout"][: args.eval_prompts]
     rows = evaluate_versions(registry, prompts, args.max_tokens, preference=args.preference, with_kl=False)
