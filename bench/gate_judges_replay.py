@@ -10,7 +10,9 @@ Ensembles: the gate's own (independent RMs: never the one the candidate was opti
 "own + independent" (the candidate's RM averaged with them) and "own alone" (what the issue says
 an optimiser always wins against). Per candidate and ensemble: mean normalised gain, its paired
 bootstrap 95% lower bound (the gate's test), whether it would pass, the share of prompts where the
-judged sign agrees with the hidden one, and the correlation of judged and hidden per-prompt gains.
+judged sign agrees with the hidden one, and the correlation of judged and hidden per-prompt gains — on
+every recorded prompt (judged + degeneracy-only) and, as `judged_prompts_only`, on the ones the gate
+judged before `gate_judge_degeneracy_prompts` (rebuilt from the demo's gate_prompts.json).
 Writes bench/results/gate_judges_replay-<demo folder name>.json.
 """
 from __future__ import annotations
@@ -80,17 +82,21 @@ def main() -> None:
                "hidden_win_share": round(sum(d > 0 for d in truth) / len(truth), 3) if truth else None,
                "hidden_gain_lower_bound": round(paired_bootstrap_lower_bound(truth), 4) if truth else None,
                "gate_reasons": gate.get("reasons", []), "ensembles": {}}
+        judged = _judged_share(texts, out, settings, gate["metrics"].get("gate_prompts"))
+        row["judged_prompts"] = sum(judged)
+        if judged and not all(judged):
+            sub = [t for t, j in zip(truth, judged) if j]
+            row["hidden_on_judged"] = {"gain_mean": round(sum(sub) / len(sub), 4),
+                                       "gain_lower_bound": round(paired_bootstrap_lower_bound(sub), 4)}
         for name, dirs in ensembles.items():
             if not dirs or not keys:
                 continue
             diffs = judged_diffs(dirs, prompts, cand, base)
-            bound = paired_bootstrap_lower_bound(diffs)
-            row["ensembles"][name] = {
-                "judges": [d.name for d in dirs], "mean": round(sum(diffs) / len(diffs), 4),
-                "lower_bound": round(bound, 4), "would_pass_gain_test": bound > settings.gate_min_rm_gain,
-                "win_share": round(sum(d > 0 for d in diffs) / len(diffs), 3),
-                "sign_agreement": round(sum((d > 0) == (t > 0) for d, t in zip(diffs, truth)) / len(diffs), 3),
-                "correlation_with_hidden": correlation(diffs, truth)}
+            row["ensembles"][name] = _judge_summary(diffs, truth, settings)
+            if judged and not all(judged):
+                pick = [i for i, j in enumerate(judged) if j]
+                row["ensembles"][name]["judged_prompts_only"] = _judge_summary(
+                    [diffs[i] for i in pick], [truth[i] for i in pick], settings)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("version", "served", "prompts", "hidden_gain_mean",
                                               "hidden_gain_lower_bound", "hidden_win_share")}))
@@ -99,6 +105,33 @@ def main() -> None:
     result = {"name": "gate_judges_replay", "command": " ".join(["python"] + sys.argv), "demo": str(out),
               "preference": preference, "budget": budget, "gate_min_rm_gain": settings.gate_min_rm_gain, "candidates": rows}
     print(write_result(f"gate_judges_replay-{out.name}", result))
+
+
+def _judge_summary(diffs: list[float], truth: list[float], settings) -> dict:
+    from worker.gate import paired_bootstrap_lower_bound
+    bound = paired_bootstrap_lower_bound(diffs)
+    return {"prompts": len(diffs), "mean": round(sum(diffs) / len(diffs), 4), "lower_bound": round(bound, 4),
+            "would_pass_gain_test": bound > settings.gate_min_rm_gain,
+            "win_share": round(sum(d > 0 for d in diffs) / len(diffs), 3),
+            "sign_agreement": round(sum((d > 0) == (t > 0) for d, t in zip(diffs, truth)) / len(diffs), 3),
+            "correlation_with_hidden": correlation(diffs, truth)}
+
+
+def _judged_share(texts: list[str], out: Path, settings, judged_count: int | None) -> list[bool]:
+    """Which replayed prompts the gate judged for reward gain (the rest it checked for degeneracy
+    only), rebuilt as worker.gate.gate_prompt_set picks them: the probe, the held-out live prompts (the
+    recorded ones not in the demo's gate file), then the gate file's first ones up to `judged_count`
+    (the gate's recorded `gate_prompts`, probe included). [] when the demo wrote no gate file. A
+    served version's record also holds later rounds' live prompts, which count as judged here."""
+    gate_file = out / "gate_prompts.json"
+    if not gate_file.exists() or not judged_count:
+        return []
+    from trainer.data import prompt_messages, user_text
+    from worker.gate import load_gate_prompts
+    operator = [user_text(prompt_messages(p)) for p in load_gate_prompts(gate_file)]
+    live = [t for t in texts if t not in set(operator) and t != settings.probe_prompt]
+    judged = {settings.probe_prompt, *live, *operator[: max(0, judged_count - 1 - len(live))]}
+    return [t in judged for t in texts]
 
 
 def _recorded_budget(models: Path) -> int:

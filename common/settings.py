@@ -225,6 +225,15 @@ class Settings(BaseSettings):
     the demo's report); at a 5% rate 30 prompts miss it 21% of the time, 94 prompts 1%. Why relative: at
     zero on ~100 prompts the gate refused candidates with 1 loop where the served v0 had 3 (session 23).
     0 = off."""
+    gate_judge_degeneracy_prompts: bool = True
+    """Judge the reward gain on the degeneracy-only prompts as well as on the judged ones (their greedy
+    answers, the candidate's and the served version's, are decoded anyway; judging them costs only RM
+    scoring): the demo's paired bound on 97 prompts instead of 33, a standard error ~0.58× as large. Why:
+    on 33 prompts the bound refused candidates with positive mean gains that the simulated users' hidden
+    taste put well ahead (84-92% vs v0: sessions 26-28, e.g. mean +0.016, bound -0.165), and a session 29
+    replay (bench/gate_judges_replay.py: judged-only vs all prompts, bench/results/gate_judges_replay-balA.json)
+    passed a hidden-better v2 at bound +0.006 on 33 prompts and +0.203 on 97. The judges are the same
+    independent RMs; only the sample grows. False = the judged prompts only."""
     gate_max_new_tokens: int = 48
     probe_prompt: str = "What is the capital of France?"
 

@@ -11,7 +11,8 @@ candidate, served and anchor, it refuses on, each reason recorded in the version
 - no reward gain: judged by *independent* reward models — the newest published ones other than
   the RM this candidate was optimised against (an optimiser always "wins" against its own RM).
   Per-prompt gains (normalised scores, averaged over judges) must have a paired-bootstrap 95%
-  lower bound above `gate_min_rm_gain`. Only when no other RM exists yet (the first RM-based
+  lower bound above `gate_min_rm_gain`, on the judged and the degeneracy-only prompts
+  (`gate_judge_degeneracy_prompts`). Only when no other RM exists yet (the first RM-based
   round) does its own RM judge, and the metrics say so;
 - a reward model at chance: an RM-trained candidate whose RM's accuracy on pairs of prompts it
   never saw (`rm_gate_accuracy`: out-of-fold plus held-out pairs where recorded) is not above
@@ -179,7 +180,8 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     old, old_done = greedy_answers(served, prompts, n, answers_cache(settings, served))
     base = greedy_answers(anchor, checked, n, answers_cache(settings, anchor))[0]   # served = anchor: recorded above
     k, extra = len(prompts), checked[len(prompts):]
-    served_extra = greedy_answers(served, extra, n, answers_cache(settings, served))[0] if extra else []
+    served_extra, served_extra_done = (greedy_answers(served, extra, n, answers_cache(settings, served))
+                                       if extra else ([], []))
     clock.lap("greedy_answers")
     metrics.update(gate_prompts=len(prompts), degeneracy_prompts=len(checked), probe_answer=new[0],
                    finished_share=sum(new_done) / len(new), finished_share_served=sum(old_done) / len(old))
@@ -212,12 +214,15 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
         judge_dirs = [Path(own_rm)]
         metrics["judge_note"] = "no independent reward model yet: judged by the candidate's own RM"
     if judge_dirs:
-        diffs = judged_diffs(judge_dirs, prompts, (new, new_done), (old, old_done))
+        # on the degeneracy-only prompts too where asked: their answers (both sides) are already here
+        m = len(checked) if settings.gate_judge_degeneracy_prompts else k
+        diffs = judged_diffs(judge_dirs, checked[:m], (every[:m], every_done[:m]),
+                             ((old + served_extra)[:m], (old_done + served_extra_done)[:m]))
         bound = paired_bootstrap_lower_bound(diffs)
         metrics.update(judges=[j.name for j in judge_dirs], rm_gain=sum(diffs) / len(diffs),
-                       rm_gain_lower_bound=bound)
+                       rm_gain_lower_bound=bound, rm_gain_prompts=len(diffs))
         if not bound > settings.gate_min_rm_gain:
-            reasons.append(f"no reward gain on held-out prompts by {', '.join(j.name for j in judge_dirs)} "
+            reasons.append(f"no reward gain on {len(diffs)} held-out prompts by {', '.join(j.name for j in judge_dirs)} "
                            f"(95% lower bound {bound:+.3f} <= {settings.gate_min_rm_gain}; mean "
                            f"{metrics['rm_gain']:+.3f})")
     else:

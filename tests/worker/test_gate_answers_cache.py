@@ -138,3 +138,42 @@ def test_degeneracy_only_prompts_catch_a_loop_the_judged_prompts_do_not_show(tin
     level = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, degeneracy_only=extra)
     assert level["metrics"]["degenerate_answers_extra"] == 1 and level["metrics"]["degenerate_answers_extra_served"] == 1
     assert not any("degenerate" in r for r in level["reasons"]), level["reasons"]
+
+
+def test_reward_gain_is_judged_on_the_degeneracy_only_prompts_too(tiny_model_dir, tmp_path):
+    """Settings.gate_judge_degeneracy_prompts: the paired reward-gain bound is taken over every prompt
+    whose answers the gate decoded for both sides (judged + degeneracy-only), or over the judged ones
+    alone when it is off; the recorded gain is the judges' per-prompt mean over exactly those prompts."""
+    import shutil
+
+    from trainer.config import RMConfig
+    from trainer.data import PreferencePair, prompt_messages
+    from trainer.reward_model import train_reward_model
+    from worker.gate import judged_diffs, run_gate
+    torch.set_num_threads(2)
+    rm = tmp_path / "rm"
+    train_reward_model([PreferencePair(prompt_messages(p), f"Topic {i} has a long history worth knowing.", "No.")
+                        for i, p in enumerate(_prompts(8))], [], tiny_model_dir, rm,
+                       RMConfig(lr=5e-4, epochs=1, batch_size=8, show_progress_bar=False, seed=0, device="cpu",
+                                length_debias=False, num_threads=1))
+    settings = Settings(data_dir=tmp_path / "data", gate_max_new_tokens=8)
+    probe = PromptItem([{"role": "user", "content": settings.probe_prompt}])
+    judged, extra = _prompts(3), [PromptItem([{"role": "user", "content": f"Tell me about river {i}."}]) for i in range(3)]
+    everything = [probe] + judged + extra
+    new = [f"Answer {i} names a river, a date and a town near the sea." for i in range(len(everything))]
+    old = [f"Answer {i} is short." for i in range(len(everything))]
+    candidate = tmp_path / "candidate"
+    shutil.copytree(tiny_model_dir, candidate)
+    _record(candidate / ANSWERS_FILE, everything, new, 8)
+    _record(answers_cache(settings, tiny_model_dir), everything, old, 8)
+
+    wide = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, judges=[rm], degeneracy_only=extra)
+    done = [True] * len(everything)
+    expected = judged_diffs([rm], everything, (new, done), (old, done))
+    assert wide["metrics"]["rm_gain_prompts"] == 7
+    assert abs(wide["metrics"]["rm_gain"] - sum(expected) / 7) < 1e-6
+    narrow = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged,
+                      Settings(data_dir=tmp_path / "data", gate_max_new_tokens=8, gate_judge_degeneracy_prompts=False),
+                      judges=[rm], degeneracy_only=extra)
+    assert narrow["metrics"]["rm_gain_prompts"] == 4
+    assert abs(narrow["metrics"]["rm_gain"] - sum(expected[:4]) / 4) < 1e-6
