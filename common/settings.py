@@ -217,10 +217,11 @@ class Settings(BaseSettings):
     trained on (if users ask them, their feedback is held out like any held-out prompt's)."""
     gate_degeneracy_prompts: int = 0
     """Besides the judged gate prompts, check this many more of the operator's gate set (those after the
-    judged ones) for degenerate answers only: greedy answers, no judging and no KL, so ~0.4 s per prompt
-    on 2 CPU cores (the anchor's and published versions' answers are recorded once). There the candidate
-    may not have more degenerate answers than `gate_max_degenerate` or than the served version's own on
-    the same prompts, whichever is larger: never more degenerate than what users get now. Why: a served
+    judged ones) for degenerate answers: greedy answers, no KL (their reward gain is judged too where
+    `gate_judge_degeneracy_prompts`), so ~0.4 s per prompt on 2 CPU cores (the anchor's and published
+    versions' answers are recorded once). There the candidate may not have more degenerate answers than
+    `gate_max_degenerate` or than the served version's own on the same prompts, whichever is larger:
+    never more degenerate than what users get now. Why: a served
     version looped on held-out prompts none of its ~30 gate prompts showed (sessions 22-23: 1-2 of 24 in
     the demo's report); at a 5% rate 30 prompts miss it 21% of the time, 94 prompts 1%. Why relative: at
     zero on ~100 prompts the gate refused candidates with 1 loop where the served v0 had 3 (session 23).

@@ -6,8 +6,9 @@ candidate, served and anchor, it refuses on, each reason recorded in the version
 - non-finite weights;
 - any degenerate answer (common/degeneracy.py, against the anchor's answer to the same prompt;
   the probe prompt is one of the prompts), more than `gate_max_degenerate` (default 0) on the judged
-  prompts; on up to `gate_degeneracy_prompts` more of the operator's set, checked for this alone, more
-  than that or than the served version's own count there (never more degenerate than what is served);
+  prompts; on up to `gate_degeneracy_prompts` more of the operator's set ("degeneracy-only": no KL or
+  human-pair check there), more than that or than the served version's own count there (never more
+  degenerate than what is served);
 - no reward gain: judged by *independent* reward models — the newest published ones other than
   the RM this candidate was optimised against (an optimiser always "wins" against its own RM).
   Per-prompt gains (normalised scores, averaged over judges) must have a paired-bootstrap 95%
