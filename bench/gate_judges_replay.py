@@ -129,7 +129,8 @@ def _judged_share(texts: list[str], out: Path, settings, judged_count: int | Non
     from trainer.data import prompt_messages, user_text
     from worker.gate import load_gate_prompts
     operator = [user_text(prompt_messages(p)) for p in load_gate_prompts(gate_file)]
-    live = [t for t in texts if t not in set(operator) and t != settings.probe_prompt]
+    not_live = set(operator) | {settings.probe_prompt}
+    live = [t for t in texts if t not in not_live]
     judged = {settings.probe_prompt, *live, *operator[: max(0, judged_count - 1 - len(live))]}
     return [t in judged for t in texts]
 

@@ -223,7 +223,8 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
         metrics.update(judges=[j.name for j in judge_dirs], rm_gain=sum(diffs) / len(diffs),
                        rm_gain_lower_bound=bound, rm_gain_prompts=len(diffs))
         if not bound > settings.gate_min_rm_gain:
-            reasons.append(f"no reward gain on {len(diffs)} held-out prompts by {', '.join(j.name for j in judge_dirs)} "
+            reasons.append(f"no reward gain on {len(diffs)} held-out prompts by "
+                           f"{', '.join(j.name for j in judge_dirs)} "
                            f"(95% lower bound {bound:+.3f} <= {settings.gate_min_rm_gain}; mean "
                            f"{metrics['rm_gain']:+.3f})")
     else:
