@@ -232,12 +232,12 @@ class Settings(BaseSettings):
     scoring): the demo's paired bound on 97 prompts instead of 33, a standard error ~0.58× as large. Why:
     on 33 prompts the bound refused candidates with positive mean gains that the simulated users' hidden
     taste put well ahead (84-92% vs v0: sessions 26-28, e.g. mean +0.016, bound -0.165), and a session 29
-    replay (bench/gate_judges_replay.py: judged-only vs all prompts, bench/results/gate_judges_replay-balA.json,
-    -feB.json) passed a hidden-better v2 at bound +0.006 on 33 prompts and +0.203 on 97, and a hidden-better
-    v3 (hidden bound +0.008 over the served v2) that 33 prompts refused (-0.026; +0.023 on 97). It can also
-    pass a hidden-worse one: session 27's v2 (hidden mean -0.037 vs the served v1) passed its replay on 97
-    prompts (+0.006), refused on 33. The judges are the same independent RMs; only the sample grows; the
-    degeneracy, KL and human-pair checks stand as before. False = the judged prompts only."""
+    replays (bench/gate_judges_replay.py: judged-only vs all prompts; bench/results/gate_judges_replay-*.json
+    of sessions 27 and 29) changed 4 of 18 decisions, 3 toward the hidden taste: passed two hidden-better
+    candidates 33 prompts refused (bounds -0.026 / -0.028 on 33, +0.023 / +0.009 on 97), refused a
+    hidden-worse one 33 passed (+0.035 on 33, -0.000 on 97), and passed a hidden-worse one (session 27's
+    v2, hidden mean -0.037; +0.006 on 97, refused on 33). The judges are the same independent RMs; only the
+    sample grows; the degeneracy, KL and human-pair checks stand as before. False = the judged prompts only."""
     gate_max_new_tokens: int = 48
     probe_prompt: str = "What is the capital of France?"
 
