@@ -33,8 +33,14 @@ class Preset:
     policy: dict = field(default_factory=dict)   # overrides of the selected algorithm's config
     round_timeout_s: float = 2400  # a hang guard, not a budget: slow machines just take longer
     gate_prompts: int = 32         # gate prompts per round (held-out live ones, then the demo's gate set)
-    gate_degeneracy_prompts: int = 64  # more of the demo's gate set checked for degenerate answers only
-                                       # (Settings.gate_degeneracy_prompts): prompts/"gate_extra"
+    gate_degeneracy_prompts: int = 160  # more of the demo's gate set checked for degenerate answers only
+                                        # (Settings.gate_degeneracy_prompts): the rest of prompts.json's
+                                        # "heldout" and "gate_extra", ~150 after the judged ones. Why 160,
+                                        # not 64 (session 30): a served version answered a held-out prompt
+                                        # off its subject (butterflies -> "Bees! ...") that none of its 95
+                                        # gate prompts showed; at a 2% rate ~95 prompts miss it 15% of the
+                                        # time, ~185 prompts 2.4%. Cost: greedy answers are decoded 64 a
+                                        # batch (~15 s on 2 cores), 3 batches instead of 2 per candidate
     decoding: dict = field(default_factory=dict)
     """Decoding defaults written into the served model's generation_config.json
     (common/generation_defaults.py: `DECODING_KEYS`), so the gate's, the report's and the users' answers

@@ -201,8 +201,12 @@ def run_gate(candidate: Path, served: Path, anchor: Path, prompts: list[PromptIt
     if extra:
         served_bad = degenerate_answers(extra, served_extra, base[k:])
         allowed = max(settings.gate_max_degenerate, len(served_bad))
+        # recorded, not (yet) a bar: how many of the candidate's are on prompts the served version
+        # answers healthily — a stricter "no new degenerate answer" rule, measured before adopting it
+        served_bad_prompts = {b["prompt"] for b in served_bad}
         metrics.update(degeneracy_only_prompts=len(extra), degenerate_answers_extra=len(extra_bad),
-                       degenerate_answers_extra_served=len(served_bad))
+                       degenerate_answers_extra_served=len(served_bad),
+                       degenerate_answers_extra_new=sum(b["prompt"] not in served_bad_prompts for b in extra_bad))
         if len(extra_bad) > allowed:
             first = extra_bad[0]
             reasons.append(f"{len(extra_bad)}/{len(extra)} degenerate answers on the degeneracy-only prompts, more "

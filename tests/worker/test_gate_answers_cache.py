@@ -128,6 +128,7 @@ def test_degeneracy_only_prompts_catch_a_loop_the_judged_prompts_do_not_show(tin
     m = wider["metrics"]
     assert m["gate_prompts"] == 4 and m["degeneracy_prompts"] == 6 and m["degeneracy_only_prompts"] == 2
     assert m["degenerate_answers"] == 0 and m["degenerate_answers_extra"] == 1 and m["degenerate_answers_extra_served"] == 0
+    assert m["degenerate_answers_extra_new"] == 1          # the served version answers river 1 healthily
     assert m["degenerate_examples"][0]["prompt"] == "Tell me about river 1."
     assert any(r.startswith("1/2 degenerate answers on the degeneracy-only prompts, more than the served version's 0")
                for r in wider["reasons"]), wider["reasons"]
@@ -137,7 +138,12 @@ def test_degeneracy_only_prompts_catch_a_loop_the_judged_prompts_do_not_show(tin
     _record(answers_cache(settings, tiny_model_dir), everything, [paris] + healthy + [served_loop, rivers[1]], 8)
     level = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, degeneracy_only=extra)
     assert level["metrics"]["degenerate_answers_extra"] == 1 and level["metrics"]["degenerate_answers_extra_served"] == 1
+    assert level["metrics"]["degenerate_answers_extra_new"] == 1   # ... but on another prompt than the candidate's
     assert not any("degenerate" in r for r in level["reasons"]), level["reasons"]
+    # both loop on river 1: nothing new
+    _record(answers_cache(settings, tiny_model_dir), everything, [paris] + healthy + [rivers[0], loop], 8)
+    same = run_gate(candidate, tiny_model_dir, tiny_model_dir, judged, settings, degeneracy_only=extra)
+    assert same["metrics"]["degenerate_answers_extra_new"] == 0 and not same["reasons"], same["reasons"]
 
 
 def test_reward_gain_is_judged_on_the_degeneracy_only_prompts_too(tiny_model_dir, tmp_path):
