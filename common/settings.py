@@ -220,11 +220,11 @@ class Settings(BaseSettings):
     judged ones) for degenerate answers: greedy answers, no KL (their reward gain is judged too where
     `gate_judge_degeneracy_prompts`), so ~0.4-0.5 s per prompt on 2 CPU cores (the anchor's and published
     versions' answers are recorded once; session 30's demo, 185-193 prompts a round: the candidate's
-    greedy answers 74-94 s, 162 s in round 1 with the anchor's). There the candidate may not have more degenerate answers than
-    `gate_max_degenerate` or than the served version's own on the same prompts, whichever is larger:
-    never more degenerate than what users get now. Why: a served
-    version looped on held-out prompts none of its ~30 gate prompts showed (sessions 22-23: 1-2 of 24 in
-    the demo's report); at a 5% rate 30 prompts miss it 21% of the time, 94 prompts 1%. Why relative: at
+    greedy answers 74-94 s, 152-162 s in round 1 with the anchor's). There the candidate may not have more
+    degenerate answers than `gate_max_degenerate` or than the served version's own on the same prompts,
+    whichever is larger: never more degenerate than what users get now. Why: a served version looped
+    on held-out prompts none of its ~30 gate prompts showed (sessions 22-23: 1-2 of 24 in the demo's
+    report); at a 5% rate 30 prompts miss it 21% of the time, 94 prompts 1%. Why relative: at
     zero on ~100 prompts the gate refused candidates with 1 loop where the served v0 had 3 (session 23).
     0 = off."""
     gate_judge_degeneracy_prompts: bool = True

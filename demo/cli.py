@@ -39,8 +39,8 @@ class Preset:
                                         # not 64 (session 30): a served version answered a held-out prompt
                                         # off its subject (butterflies -> "Bees! ...") that none of its 95
                                         # gate prompts showed; at a 2% rate ~95 prompts miss it 15% of the
-                                        # time, ~185 prompts 2.4%. Cost: greedy answers are decoded 64 a
-                                        # batch (~15 s on 2 cores), 3 batches instead of 2 per candidate
+                                        # time, ~185 prompts 2.4%. Cost (session 30's demos): ~0.5 s per
+                                        # prompt and model decoded, ~2.6 min a demo
     decoding: dict = field(default_factory=dict)
     """Decoding defaults written into the served model's generation_config.json
     (common/generation_defaults.py: `DECODING_KEYS`), so the gate's, the report's and the users' answers
