@@ -219,8 +219,8 @@ class Settings(BaseSettings):
     """Besides the judged gate prompts, check this many more of the operator's gate set (those after the
     judged ones) for degenerate answers: greedy answers, no KL (their reward gain is judged too where
     `gate_judge_degeneracy_prompts`), so ~0.4-0.5 s per prompt on 2 CPU cores (the anchor's and published
-    versions' answers are recorded once; session 30's demo, 185-193 prompts a round: the candidate's
-    greedy answers 74-94 s, 152-162 s in round 1 with the anchor's). There the candidate may not have more
+    versions' answers are recorded once; session 30's demos, 185-193 prompts a round: the candidate's
+    greedy answers 71-95 s, 151-162 s in round 1 with the anchor's). There the candidate may not have more
     degenerate answers than `gate_max_degenerate` or than the served version's own on the same prompts,
     whichever is larger: never more degenerate than what users get now. Why: a served version looped
     on held-out prompts none of its ~30 gate prompts showed (sessions 22-23: 1-2 of 24 in the demo's
