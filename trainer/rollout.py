@@ -12,6 +12,8 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from trainer.decoding import (compacted_decode, greedy_processors, sampling_processors, shared_prompt_cache,
+                              unsupported_settings)
 from trainer.modeling import left_pad
 
 
@@ -71,6 +73,15 @@ class HFGenerator:
             ids, mask = ids.to(device), mask.to(device)
             kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sampling.eos_token_ids,
                           pad_token_id=sampling.pad_token_id)
+            if not unsupported_settings(self.model.generation_config):
+                # `generate`'s decoding, with each row leaving the batch when it ends (trainer/decoding.py)
+                config = self.model.generation_config
+                processors = (greedy_processors(config, output_penalties(config, ids.shape[1])) if sampling.greedy
+                              else sampling_processors(sampling.temperature, sampling.top_k, sampling.top_p))
+                rows = compacted_decode(self.model, ids, mask, sampling.max_new_tokens, sampling.eos_token_ids,
+                                        processors, sample=not sampling.greedy)
+                responses += [trim_response(row, sampling.eos_token_ids, sampling.pad_token_id) for row in rows]
+                continue
             if sampling.greedy:
                 # the decoding users get: HF applies the checkpoint's repetition_penalty itself; its
                 # presence/frequency penalties (vLLM's, which HF lacks) are applied here
@@ -81,6 +92,9 @@ class HFGenerator:
                 # repetition_penalty): PPO needs samples from π itself. top_k=0 disables top-k.
                 kwargs.update(do_sample=True, temperature=sampling.temperature,
                               top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=1.0)
+            cache = shared_prompt_cache(self.model, ids, mask)    # e.g. RAFT's k samples of each prompt
+            if cache is not None:
+                kwargs["past_key_values"] = cache
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             for row in out[:, ids.shape[1]:].tolist():
                 responses.append(trim_response(row, sampling.eos_token_ids, sampling.pad_token_id))
