@@ -107,7 +107,8 @@ def _draw(probs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
     """One token per live row from `probs`, drawn as `generate` draws for the whole batch: the ended
     rows stay in the draw (as a certain token 0), because `torch.multinomial` takes the same random
     numbers for a batch of the same shape whatever it holds — so each live row gets the token
-    `generate` would have given it, and a seed reproduces `generate`'s samples."""
+    `generate` would have given it, and a seed reproduces `generate`'s samples (checked on CPU by
+    tests/trainer/test_decoding.py; on any device each live row is a draw from its own distribution)."""
     full = probs.new_zeros((batch, probs.shape[1]))
     full[:, 0] = 1.0
     full[rows] = probs
