@@ -1,8 +1,8 @@
 """trainer/decoding.py's savings, side by side with plain HF `generate` on a demo run's versions:
 greedy answers with and without dropping ended answers from the batch (seconds, answers identical or
 not, the share of `generate`'s row-steps that were rows already ended), and RAFT-style sampling (k
-answers per prompt) with and without dropping ended rows and the shared prompt prefill (seconds, mean
-answer tokens of both).
+answers per prompt) with and without dropping ended rows and the shared prompt prefill (seconds, samples
+identical or not at one seed, mean answer tokens of both).
 
     python bench/decode_savings.py /work/runs/X [--prompts 128] [--versions v0,v3] [--k 6] [--out FILE]
 
@@ -48,7 +48,8 @@ def generate_rows(model, prompts, settings: SamplingSettings, batch: int) -> lis
 
 def sampling_row(model, tokenizer, prompts, k: int, max_new_tokens: int) -> dict:
     """Sampled answers, k per prompt, through plain `generate` and through HFGenerator (compacted, shared
-    prefill): the samples differ once a row has ended, so `mean_tokens` of both shows they are alike."""
+    prefill), from the same seed: `identical_samples` counts the answers both drew alike (all, when the
+    ended rows' place in the draw keeps the random stream, trainer/decoding._draw)."""
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9, eos_token_ids=eos_token_ids(
         model, tokenizer), pad_token_id=tokenizer.pad_token_id)
     layout = [p for p in prompts for _ in range(k)]
