@@ -71,8 +71,6 @@ class HFGenerator:
             ids, mask = left_pad(chunk, sampling.pad_token_id)
             device = next(self.model.parameters()).device
             ids, mask = ids.to(device), mask.to(device)
-            kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sampling.eos_token_ids,
-                          pad_token_id=sampling.pad_token_id)
             if not unsupported_settings(self.model.generation_config):
                 # `generate`'s decoding, with each row leaving the batch when it ends (trainer/decoding.py)
                 config = self.model.generation_config
@@ -82,6 +80,8 @@ class HFGenerator:
                                         processors, sample=not sampling.greedy)
                 responses += [trim_response(row, sampling.eos_token_ids, sampling.pad_token_id) for row in rows]
                 continue
+            kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sampling.eos_token_ids,
+                          pad_token_id=sampling.pad_token_id)
             if sampling.greedy:
                 # the decoding users get: HF applies the checkpoint's repetition_penalty itself; its
                 # presence/frequency penalties (vLLM's, which HF lacks) are applied here
