@@ -11,6 +11,7 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -155,6 +156,12 @@ class Settings(BaseSettings):
     torch_threads: int = 0
     """torch threads for training/gating in the worker; 0 = torch's default (all cores). On a
     small machine shared with the server, 1 avoids OpenMP oversubscription (10x slowdowns seen)."""
+    train_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training's forward passes (trainer/device.py): "auto" = bf16 autocast over fp32 master weights
+    where the hardware multiplies bf16 natively (a CUDA GPU, a CPU with Intel AMX: 1.8x faster
+    forward + backward on SmolLM2 there), else fp32; "fp32" = never autocast; "bf16" = always
+    (emulated where not native). The gate's answers and KL are computed in fp32 either way (they
+    judge what is served)."""
     rm_replay_ratio: float = 1.0
     """A warm-started RM trains on this run's new feedback plus this many old examples per new
     one (sampled from earlier rounds, against forgetting); < 0 = always the whole history. Keeps

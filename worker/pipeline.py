@@ -89,6 +89,8 @@ def run_pipeline(settings: Settings, run_id: str, reason: str = "scheduled",
     if settings.torch_threads > 0:
         import torch
         torch.set_num_threads(settings.torch_threads)
+    from trainer.device import set_train_precision
+    set_train_precision(settings.train_precision)
     client = ops.client(settings)
     status = StatusWriter(client, run_id, reason)
     try:
