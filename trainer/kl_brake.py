@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from trainer.device import autocast
+from trainer.device import autocast, decode_autocast
 from trainer.rollout import SamplingSettings
 
 
@@ -101,8 +101,9 @@ def sampled_kl_to_anchor(run, messages: list[list[dict]], max_new_tokens: int, s
     sampling = SamplingSettings(max_new_tokens=max_new_tokens, temperature=run.config.temperature,
                                 eos_token_ids=run.eos_ids, pad_token_id=run.pad_id)
     torch.manual_seed(seed)
-    with autocast(run.device):
+    with decode_autocast(run.device):
         responses = [r or run.eos_ids[:1] for r in run.generator.generate(prompts, sampling)]
+    with autocast(run.device):
         diffs = []
         for i in range(0, len(prompts), 16):
             p, r = prompts[i:i + 16], responses[i:i + 16]

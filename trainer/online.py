@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from trainer import ppo_math as pm
 from trainer import preference_math as prm
 from trainer.config import OnlineDPOConfig, RLOOConfig
-from trainer.device import autocast
+from trainer.device import autocast, decode_autocast
 from trainer.policy_base import PolicyJob, PolicyRun, Progress, log_step, prompt_cycle
 from trainer.reward_model import RewardModel
 from trainer.rollout import HFGenerator, SamplingSettings
@@ -42,7 +42,7 @@ class OnlineRun(PolicyRun):
         RM scores and raw scores. Shaping = normalise, clip, minus the penalty for no EOS."""
         flat = [m for m in messages for _ in range(k)]
         prompts = [self.prompt_ids(m) for m in flat]
-        with autocast(self.device):
+        with decode_autocast(self.device):
             responses = [r or self.eos_ids[:1] for r in self.generator.generate(prompts, self.sampling)]
         scores, raw, has_eos = self.score(flat, responses)
         return prompts, responses, scores, raw, has_eos

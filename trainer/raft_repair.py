@@ -28,7 +28,7 @@ import torch
 from common.degeneracy import degenerate_reasons, is_looping
 from trainer import preference_math as prm
 from trainer.data import user_text
-from trainer.device import autocast
+from trainer.device import autocast, decode_autocast
 from trainer.online import OnlineRun
 
 Answer = tuple[list[int], list[int], str, list[str]]     # prompt ids, response ids, text, reasons
@@ -51,7 +51,7 @@ def greedy_answers(run: OnlineRun, messages: list[list[dict]]) -> list[tuple[lis
     """(prompt ids, response ids, text) of the policy's greedy answers: the decoding the gate and the
     report use."""
     p_ids = [run.prompt_ids(msg) for msg in messages]
-    with autocast(run.device):
+    with decode_autocast(run.device):
         answers = run.generator.generate(p_ids, replace(run.sampling, greedy=True))
     return list(zip(p_ids, answers, run.tokenizer.batch_decode(answers, skip_special_tokens=True)))
 
