@@ -29,7 +29,8 @@ def test_each_precision_autocasts_where_it_says(precision):
     assert not dev.uses_bf16(cpu) and _linear_dtype(cpu) == torch.float32 and dev.describe(cpu) == "cpu/fp32"
     precision("bf16")
     assert dev.uses_bf16(cpu) and _linear_dtype(cpu) == torch.bfloat16
-    assert dev.describe(cpu) == ("cpu/bf16-autocast (AMX)" if dev.cpu_has_native_bf16() else "cpu/bf16-autocast (emulated)")
+    native = "AMX" if dev.cpu_has_native_bf16() else "emulated"
+    assert dev.describe(cpu) == f"cpu/bf16-autocast ({native})"
     with dev.decode_autocast(cpu):
         assert torch.nn.Linear(4, 4)(torch.ones(2, 4)).dtype == torch.float32
     precision("auto")
