@@ -27,7 +27,7 @@ import os
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_precision = os.environ.get("RLHF_TRAIN_PRECISION", "auto")
+_precision = "auto"
 
 
 def set_train_precision(mode: str) -> None:
@@ -36,6 +36,9 @@ def set_train_precision(mode: str) -> None:
     if mode not in PRECISIONS:
         raise ValueError(f"train precision must be one of {PRECISIONS}, not {mode!r}")
     _precision = mode
+
+
+set_train_precision(os.environ.get("RLHF_TRAIN_PRECISION", "auto"))  # a typo fails here, not silently
 
 
 def train_precision() -> str:
