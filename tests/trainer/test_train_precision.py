@@ -12,7 +12,8 @@ from trainer import device as dev
 
 @pytest.fixture
 def precision():
-    """Set the process-wide precision for one test; the suite's own (fp32, conftest) comes back after."""
+    """Set the process-wide precision for one test; the one before it (RLHF_TRAIN_PRECISION, else
+    auto) comes back after."""
     before = dev.train_precision()
     yield dev.set_train_precision
     dev.set_train_precision(before)
