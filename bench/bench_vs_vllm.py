@@ -273,17 +273,16 @@ def main() -> int:
             model, label, desc = args.model, Path(args.model).name, args.model
         name = args.name or f"vs_vllm_{label}"
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=args.kv_cache_gib, PYTHONUNBUFFERED="1")
-        # the core binding `rlhf serve` picks on this host (common/cpu_cores.py), given to both servers
-        # so they compute on the same cores; set in env, ours keeps it as it is
-        from common.cpu_cores import BIND_ENV, all_cores_bind
+        # the core reservation `rlhf serve` picks on this host (common/cpu_cores.py), given to both
+        # servers so they compute on the same cores; set in env, ours keeps it as it is
+        from common.cpu_cores import RESERVED_ENV, no_reserved_core
         from common.settings import Settings
-        bind = all_cores_bind(env, os.sched_getaffinity(0), Settings().cpu_all_cores_max)
-        if bind:
-            env[BIND_ENV] = bind
+        if no_reserved_core(env, os.sched_getaffinity(0), Settings().cpu_all_cores_max):
+            env[RESERVED_ENV] = "0"
         result = {"name": name, "command": " ".join([sys.executable] + sys.argv),
                   "machine": machine_facts(), "model": desc, "model_dir": model,
                   "engine_settings": ENGINE, "env": {"VLLM_CPU_KVCACHE_SPACE": args.kv_cache_gib,
-                                                     BIND_ENV: env.get(BIND_ENV, "auto (vLLM's default)")},
+                                                     RESERVED_ENV: env.get(RESERVED_ENV, "unset (vLLM's default)")},
                   "load": {"client": "raw HTTP/1.1 keep-alive, asyncio+uvloop, separate process, closed loop",
                            "prompts": len(PROMPTS), "max_tokens": args.max_tokens,
                            "temperature": 0.0, "seed": 0, "ignore_eos": "not sent (unsupported by ours)",

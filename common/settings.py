@@ -128,7 +128,8 @@ class Settings(BaseSettings):
     worker computes on all of them (common/cpu_cores.py); 0 = always vLLM's own binding, which
     keeps one core per worker for its scheduler process. On 2 cores that halves the model's
     compute while the scheduler's core mostly spins: 85 -> 124 tokens/s at 16 streaming clients
-    (bench/results/chat-cpubind-*.json). VLLM_CPU_OMP_THREADS_BIND, when set, always wins."""
+    (bench/results/chat-cpubind-*.json). VLLM_CPU_OMP_THREADS_BIND or VLLM_CPU_NUM_OF_RESERVED_CPU,
+    when set, always wins."""
     replica_id: str = ""
     """Name this server reports under; empty = hostname:port."""
 

