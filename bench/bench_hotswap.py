@@ -56,11 +56,12 @@ def swap_done(url: str, target: str, t_deploy: float, timeout_s: float = 120.0) 
                 last = state.get("last_swap") or {}
                 return {"deploy_to_swap_done_s": round(time.perf_counter() - t_deploy, 3),
                         "swap_s": last.get("seconds"), "prepared_s": last.get("prepared_s"),
-                        "drained_s": last.get("drained_s"), "reloaded_s": last.get("reloaded_s"),
+                        "drained_s": last.get("drained_s"), "digests_ready_s": last.get("digests_ready_s"),
+                        "reloaded_s": last.get("reloaded_s"),
                         "paused_s": last.get("paused_s")}
             time.sleep(0.01)
     return {"deploy_to_swap_done_s": None, "swap_s": None, "prepared_s": None, "drained_s": None,
-            "reloaded_s": None, "paused_s": None}
+            "digests_ready_s": None, "reloaded_s": None, "paused_s": None}
 
 
 def main() -> None:

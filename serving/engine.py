@@ -257,18 +257,22 @@ class Engine:
 
     async def _swap_paused(self, version: str, path: str, old_version: str, old_path: str,
                            t0: float) -> SwapReport:
-        paused = False
-        extra: dict[str, Any] = {}
+        paused = reloaded = False
+        extra: dict[str, Any] = {"prepared_s": round(time.perf_counter() - t0, 4)}
+        # The new file's digests (which also warms the page cache for the reload) are read while
+        # the engine drains, not before: new requests wait from the start of the pause either way,
+        # and the drain (in-flight generations finishing) usually takes longer than the read.
+        digests = asyncio.ensure_future(
+            asyncio.to_thread(self._file_digests, path, self._comparable))
         try:
-            # the new file's digests before pausing: reading them (and so warming the page cache
-            # for the reload) does not need a paused engine, and users wait only while it is paused
-            expected = await asyncio.to_thread(self._file_digests, path, self._comparable)
-            extra["prepared_s"] = round(time.perf_counter() - t0, 4)
             t_pause = time.perf_counter()
             kept = await self._pause()
             paused = True
             extra["drained_s"] = round(time.perf_counter() - t_pause, 4)
             extra["kept_requests"] = kept
+            expected = await digests
+            extra["digests_ready_s"] = round(time.perf_counter() - t_pause, 4)
+            reloaded = True
             await self._reload(version, path, kept)
             extra["reloaded_s"] = round(time.perf_counter() - t_pause, 4)
             checked, detail = await self._verify_weights(version, path, expected)
@@ -289,11 +293,14 @@ class Engine:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.error("swap to %s failed: %s; restoring %s", version, error, old_version)
+            if not digests.done():
+                digests.cancel()  # the thread finishes on its own; its result no longer matters
             try:
                 if not paused:
                     await self._pause()
                     paused = True
-                await self._reload(old_version, old_path, True)
+                if reloaded:  # the old weights are still loaded otherwise: nothing to restore
+                    await self._reload(old_version, old_path, True)
                 await self.llm.resume_generation()
                 paused = False
                 self.version, self.path = old_version, old_path

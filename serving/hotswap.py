@@ -69,6 +69,7 @@ class HotSwapper:
                     "version": last.version, "ok": last.ok, "seconds": round(last.seconds, 4),
                     "checked_tensors": last.checked_tensors, "error": last.error,
                     "prepared_s": last.extra.get("prepared_s"), "drained_s": last.extra.get("drained_s"),
+                    "digests_ready_s": last.extra.get("digests_ready_s"),
                     "reloaded_s": last.extra.get("reloaded_s"), "paused_s": last.extra.get("paused_s"),
                     "kept_requests": last.extra.get("kept_requests")}}
 

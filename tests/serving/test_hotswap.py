@@ -155,6 +155,31 @@ def test_version_folder_rewritten_in_place_is_refused(swap_server, redis_server,
     registry.set_current("v0", reason="rollback")
 
 
+
+def test_unreadable_checkpoint_is_refused_without_touching_the_weights(swap_server, redis_server,
+                                                                       tmp_path):
+    """A folder whose config passes the architecture check but whose weights file cannot be read:
+    its digests (read while the engine drains) fail, so the swap stops before any reload and the
+    old version goes on serving the same answers."""
+    import redis
+    srv, registry = swap_server
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    before, _ = greedy(srv)
+    v = registry.publish(build_tiny_model(tmp_path / "seed6", seed=6), {"parent": "v0"})
+    target = registry.path(v) / "model.safetensors"
+    target.unlink()  # break the hard link first: the source folder must stay intact
+    target.write_bytes(b"not a safetensors file")
+    deploy(r, registry, v)
+    deadline = time.monotonic() + 20
+    while srv.health()["status"] != "error" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    h = srv.health()
+    assert h["status"] == "error" and f"swap to {v} failed" in h["error"], h
+    assert "also failed" not in h["error"], h
+    assert h["version"] == "v0" and served_version(srv) == "v0"
+    assert greedy(srv)[0] == before
+    registry.set_current("v0", reason="rollback")
+
 class SlowAndLongClients:
     """Streaming clients that read one SSE line every `pause` seconds (far slower than the
     engine writes) and non-streaming clients asking for long generations; each records the
