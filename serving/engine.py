@@ -295,6 +295,8 @@ class Engine:
             log.error("swap to %s failed: %s; restoring %s", version, error, old_version)
             if not digests.done():
                 digests.cancel()  # the thread finishes on its own; its result no longer matters
+            elif not digests.cancelled():
+                digests.exception()  # retrieved (it may be this very failure): no "never retrieved" log
             try:
                 if not paused:
                     await self._pause()
