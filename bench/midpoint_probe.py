@@ -7,7 +7,7 @@ the 160 gate-only prompts (degenerate answers, common/degeneracy.py against v0's
     e.g. /work/runs/fe34 v1 v2 0.5,0.75 formal_expert bench/results/midpoint-fe34.json   (~1 min per alpha)
 
 Session 34: formal_expert (v1 served, v2 refused for "What is marathons?" -> "Amaranthos! ...") kept the
-off-prompt answer at alpha 0.5 and 0.75; balanced (v2 served, v3 refused for the same prompt) lost it at
+off-prompt answer at alpha 0.5 and 0.75; balanced (v2 served, v3 refused for "Explain marathons in simple terms." -> "Amaranthrums ...") lost it at
 0.5. One rescue in two, so the retry was not built. The win rates here use 48 tokens, not the report's
 budget: compare them with each other, not with report.md."""
 import json, shutil, sys, time
