@@ -298,15 +298,16 @@ class Engine:
             elif not digests.cancelled():
                 digests.exception()  # retrieved (it may be this very failure): no "never retrieved" log
             try:
-                if not paused:
-                    await self._pause()
-                    paused = True
-                if reloaded:  # the old weights are still loaded otherwise: nothing to restore
+                if reloaded:  # else the old weights are still loaded: no pause, nothing to restore
+                    if not paused:  # failed after resuming (e.g. the probe): pause again to reload
+                        await self._pause()
+                        paused = True
                     await self._reload(old_version, old_path, True)
                 await self.llm.resume_generation()
                 paused = False
                 self.version, self.path = old_version, old_path
-                self.last_probe = await self.probe()
+                if reloaded:
+                    self.last_probe = await self.probe()
             except Exception as exc2:  # engine state unknown: say so loudly
                 error += f"; restoring {old_version} also failed: {exc2}"
                 if paused:
